@@ -1,0 +1,95 @@
+"""Configuration of a BLSP-Emo model: Whisper encoder, modality adapter, causal LM, emotion head."""
+
+from typing import Literal
+
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+from .version import __version__
+
+# The release's label order (ids 0..4); checkpoints trained on other data store their own.
+DEFAULT_EMOTIONS = ("neutral", "happy", "angry", "sad", "surprise")
+
+# Attributes of a text config that change logits beyond `lm_head(hidden)`, with the value that
+# means "no change".
+LOGIT_TRANSFORM_ATTRIBUTES = {"final_logit_softcapping": None, "logit_scale": 1.0, "logits_scaling": 1.0}
+
+
+class BlspEmoConfig(PreTrainedConfig):
+    r"""
+    Configuration for [`BlspEmoForConditionalGeneration`].
+
+    Args:
+        audio_config (`dict` or `WhisperConfig`): the Whisper model whose encoder hears the speech.
+        text_config (`dict` or `PreTrainedConfig`): any causal LM config that `AutoModel` can build.
+        conv_kernel_sizes (`str`, defaults to `"5,5,5"`): kernel sizes of the adapter's stride-2
+            convolutions (one per layer, comma separated).
+        adapter_inner_dim (`int`, defaults to 512): width of the adapter's residual bottleneck.
+        audio_token_id (`int`): id of the placeholder token replaced by speech embeddings.
+        audio_padding (`"longest"` or `"max_length"`): `"longest"` encodes each clip at its own
+            length (fast); `"max_length"` pads every clip to 30 s before the encoder and trims after
+            it, as the original release was trained.
+        kd_temperature (`float`, defaults to 2.0): softmax temperature of the stage-1 KL loss.
+        lora_scope (`"audio"`, `"global"` or `None`): `"audio"` builds masked LoRA layers applied
+            only at speech positions; `"global"` LoRA is merged into the LLM before saving.
+        lora_rank, lora_alpha, lora_dropout: LoRA hyper-parameters (paper: 16, 16, 0.05).
+        lora_target_modules (`list[str]`, *optional*): names of the LLM's linear layers that get
+            LoRA (e.g. `["q_proj", "v_proj"]`); `None` means every linear layer of every block.
+        lm_head_bias (`bool`): whether the LLM's output projection has a bias (most have none).
+        id2label / label2id: the emotion classes of the emotion head.
+    """
+
+    model_type = "blsp_emo"
+    sub_configs_defaults = {
+        "audio_config": SubConfigSpec(config_class=AutoConfig, model_type="whisper"),
+        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="qwen2"),
+    }
+
+    audio_config: dict | PreTrainedConfig | None = None
+    text_config: dict | PreTrainedConfig | None = None
+    conv_kernel_sizes: str = "5,5,5"
+    adapter_inner_dim: int = 512
+    audio_token_id: int | None = None
+    audio_padding: Literal["longest", "max_length"] = "longest"
+    kd_temperature: float = 2.0
+    lora_scope: Literal["audio", "global"] | None = None
+    lora_rank: int = 16
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    lora_target_modules: list[str] | None = None
+    lm_head_bias: bool = False
+    tie_word_embeddings: bool | None = None
+    blsp_emo_version: str = __version__
+
+    def __post_init__(self, **kwargs):
+        if self.id2label is None and "num_labels" not in kwargs:
+            self.id2label = dict(enumerate(DEFAULT_EMOTIONS))
+        super().__post_init__(**kwargs)
+        if self.id2label is not None:
+            self.label2id = {label: index for index, label in self.id2label.items()}
+        if self.tie_word_embeddings is None:
+            # Tying follows the LLM, or `lm_head` would silently stop sharing the embedding matrix.
+            self.tie_word_embeddings = bool(getattr(self.text_config, "tie_word_embeddings", False))
+        self.validate_blsp_fields()
+
+    def validate_blsp_fields(self) -> None:
+        """Raise a `ValueError` naming the field when a BLSP-Emo specific value is unusable."""
+        if self.audio_padding not in ("longest", "max_length"):
+            raise ValueError(f"audio_padding={self.audio_padding!r}: expected 'longest' or 'max_length'")
+        if self.lora_scope not in (None, "audio", "global"):
+            raise ValueError(f"lora_scope={self.lora_scope!r}: expected 'audio', 'global' or None")
+        if not self.kernel_sizes or any(size < 1 or size % 2 == 0 for size in self.kernel_sizes):
+            raise ValueError(f"conv_kernel_sizes={self.conv_kernel_sizes!r}: expected odd positive integers")
+
+    @property
+    def kernel_sizes(self) -> tuple[int, ...]:
+        """`conv_kernel_sizes` as integers."""
+        return tuple(int(size) for size in str(self.conv_kernel_sizes).split(",") if size.strip())
+
+    @property
+    def emotion_labels(self) -> list[str]:
+        """Emotion class names in id order."""
+        return [self.id2label[index] for index in range(len(self.id2label))]
+
+
+__all__ = ["BlspEmoConfig", "DEFAULT_EMOTIONS"]

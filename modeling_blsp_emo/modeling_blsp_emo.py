@@ -1,0 +1,384 @@
+"""BLSP-Emo: Whisper encoder → modality adapter → causal LLM, plus an emotion head.
+
+The data path: log-mel features → speech embeddings (encoder + adapter) → scattered into the
+positions of the audio placeholder tokens in the LLM's input embeddings → LLM → text.
+"""
+
+import inspect
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import AutoModel, GenerationMixin, PreTrainedModel
+from transformers.cache_utils import Cache
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+from .adapter import SpeechAdapter, length_mask
+from .configuration_blsp_emo import LOGIT_TRANSFORM_ATTRIBUTES, BlspEmoConfig
+from .masked_lora import add_masked_lora, check_lora_mask_reached_blocks
+from .pipeline_blsp_emo import AudioToTextPipeline  # imported so that checkpoints ship the pipeline
+from .speech_encoder import check_input_features, encode_padded_to_30s, encode_variable_length
+from .speech_lengths import embeddings_from_frames
+
+# Inputs that describe the audio of a prompt: needed at prefill only.
+AUDIO_INPUT_NAMES = ("input_features", "feature_attention_mask", "audio_item_index")
+PIPELINE_TASK = "audio-to-text"
+# transformers 5.24 renamed `past_key_values` to `cache` (5.23 knows only the old name).
+CACHE_FIELD = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
+def cache_keyword(module: nn.Module) -> str:
+    """The name under which `module.forward` takes the KV cache."""
+    return "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
+
+
+@dataclass
+class BlspEmoModelOutputWithPast(BaseModelOutputWithPast):
+    """`BaseModelOutputWithPast` plus the speech embeddings `(clips, steps, hidden)` and their lengths."""
+
+    audio_embeds: torch.Tensor | None = None
+    audio_lengths: torch.Tensor | None = None
+
+
+@dataclass
+class BlspEmoCausalLMOutputWithPast(CausalLMOutputWithPast):
+    """LM outputs plus the emotion head's. `loss` is `lm_loss + emotion_loss` (those present);
+    `emotion_logits` are `(audio items, labels)`."""
+
+    lm_loss: torch.Tensor | None = None
+    emotion_loss: torch.Tensor | None = None
+    emotion_logits: torch.Tensor | None = None
+    audio_embeds: torch.Tensor | None = None
+    audio_lengths: torch.Tensor | None = None
+
+
+class BlspEmoPreTrainedModel(PreTrainedModel):
+    config: BlspEmoConfig
+    config_class = BlspEmoConfig
+    base_model_prefix = "model"
+    main_input_name = "input_ids"
+    input_modalities = ("audio", "text")
+    supports_gradient_checkpointing = True
+    _supports_flash_attn = True
+    _supports_sdpa = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _skip_keys_device_placement = ["cache"]
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, SpeechAdapter):
+            module.layer_norm.reset_parameters()
+
+
+class BlspEmoModel(BlspEmoPreTrainedModel):
+    """Speech encoder, adapter and LLM backbone (no LM head)."""
+
+    def __init__(self, config: BlspEmoConfig):
+        super().__init__(config)
+        self.audio_encoder = WhisperEncoder(config.audio_config)
+        self.adapter = SpeechAdapter(
+            config.audio_config.d_model, config.text_config.hidden_size, config.kernel_sizes, config.adapter_inner_dim
+        )
+        self.language_model = AutoModel.from_config(config.text_config)
+        self.has_masked_lora = config.lora_scope == "audio"
+        if self.has_masked_lora:
+            add_masked_lora(
+                self.language_model, config.lora_rank, config.lora_alpha, config.lora_dropout, config.lora_target_modules
+            )
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_input_embeddings(value)
+
+    def get_audio_features(
+        self, input_features: torch.Tensor, feature_attention_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Speech embeddings `(clips, steps, hidden)` and real lengths for `(clips, mel, frames)` features.
+
+        `feature_attention_mask` marks real frames; without it every frame is real.
+        """
+        check_input_features(self.audio_encoder, input_features, self.config.audio_padding)
+        if feature_attention_mask is None:
+            frame_lengths = torch.full(
+                (input_features.shape[0],), input_features.shape[-1], dtype=torch.long, device=input_features.device
+            )
+        else:
+            frame_lengths = feature_attention_mask.sum(-1).long()
+        if bool((frame_lengths < 1).any()):
+            raise ValueError("an audio clip has no mel frames (empty audio)")
+        encode = encode_variable_length if self.config.audio_padding == "longest" else encode_padded_to_30s
+        hidden_states, lengths = encode(self.audio_encoder, input_features, frame_lengths)
+        return self.adapter(hidden_states, lengths)
+
+    def placeholder_mask(self, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor) -> torch.Tensor:
+        """Boolean `(batch, seq)` mask of the audio placeholder positions."""
+        if self.config.audio_token_id is None:
+            raise ValueError("config.audio_token_id is not set: the model cannot place speech in the prompt")
+        if input_ids is not None:
+            return input_ids == self.config.audio_token_id
+        placeholder = self.get_input_embeddings()(
+            torch.tensor(self.config.audio_token_id, device=inputs_embeds.device)
+        )
+        return (inputs_embeds == placeholder).all(-1)
+
+    def merge_speech_embeddings(
+        self, inputs_embeds: torch.Tensor, speech_mask: torch.Tensor, audio_embeds: torch.Tensor, audio_lengths: torch.Tensor
+    ) -> torch.Tensor:
+        """Put the real speech embeddings, clip after clip, into the placeholder positions."""
+        speech = audio_embeds[length_mask(audio_lengths, audio_embeds.shape[1])]
+        num_placeholders = int(speech_mask.sum())
+        if num_placeholders != speech.shape[0]:
+            raise ValueError(
+                f"the prompt has {num_placeholders} audio placeholder tokens but the audio gives {speech.shape[0]} "
+                "speech embeddings; build inputs with the model's processor so that the counts match"
+            )
+        mask = speech_mask[..., None].expand_as(inputs_embeds).to(inputs_embeds.device)
+        return inputs_embeds.masked_scatter(mask, speech.to(inputs_embeds.device, inputs_embeds.dtype))
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        input_features: torch.Tensor | None = None,
+        feature_attention_mask: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        past_key_values: Cache | None = None,
+        **kwargs,
+    ) -> BlspEmoModelOutputWithPast:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        cache = cache if cache is not None else past_key_values
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+
+        audio_embeds = audio_lengths = None
+        if input_features is not None:
+            audio_embeds, audio_lengths = self.get_audio_features(input_features, feature_attention_mask)
+            speech_mask = self.placeholder_mask(input_ids, inputs_embeds)
+            inputs_embeds = self.merge_speech_embeddings(inputs_embeds, speech_mask, audio_embeds, audio_lengths)
+            if self.has_masked_lora:
+                kwargs["lora_mask"] = speech_mask
+        elif input_ids is not None and self.config.audio_token_id is not None:
+            if bool((input_ids == self.config.audio_token_id).any()):
+                raise ValueError("the prompt has audio placeholder tokens but no input_features were given")
+
+        kwargs[cache_keyword(self.language_model)] = cache
+        outputs = self.language_model(
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        if "lora_mask" in kwargs:
+            check_lora_mask_reached_blocks(self.language_model)
+        return BlspEmoModelOutputWithPast(
+            last_hidden_state=outputs.last_hidden_state,
+            **{CACHE_FIELD: getattr(outputs, CACHE_FIELD, None)},
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            audio_embeds=audio_embeds,
+            audio_lengths=audio_lengths,
+        )
+
+
+def pool_speech_embeddings(
+    audio_embeds: torch.Tensor, audio_lengths: torch.Tensor, audio_item_index: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Masked mean of speech embeddings per audio item `(items, hidden)`.
+
+    A clip longer than 30 s is encoded as several windows; `audio_item_index` (one entry per window)
+    says which item each window belongs to. Without it every window is its own item.
+    """
+    mask = length_mask(audio_lengths, audio_embeds.shape[1]).to(audio_embeds.dtype)
+    sums = (audio_embeds * mask[..., None]).sum(1)
+    counts = audio_lengths.to(audio_embeds.dtype)
+    if audio_item_index is not None:
+        num_items = int(audio_item_index.max()) + 1
+        sums = sums.new_zeros(num_items, sums.shape[-1]).index_add(0, audio_item_index, sums)
+        counts = counts.new_zeros(num_items).index_add(0, audio_item_index, counts)
+    return sums / counts[:, None]
+
+
+def windows_per_row(
+    input_ids: torch.Tensor, audio_token_id: int, feature_attention_mask: torch.Tensor, conv_kernel_sizes: tuple[int, ...]
+) -> list[int]:
+    """How many consecutive audio windows belong to each prompt row (windows fill placeholders in order)."""
+    window_sizes = embeddings_from_frames(feature_attention_mask.sum(-1).long(), conv_kernel_sizes).tolist()
+    counts, window = [], 0
+    for placeholders in (input_ids == audio_token_id).sum(-1).tolist():
+        start = window
+        while placeholders > 0 and window < len(window_sizes):
+            placeholders -= window_sizes[window]
+            window += 1
+        if placeholders != 0:
+            raise ValueError("audio placeholder tokens of a prompt row do not line up with whole audio windows")
+        counts.append(window - start)
+    return counts
+
+
+class BlspEmoForConditionalGeneration(BlspEmoPreTrainedModel, GenerationMixin):
+    """BLSP-Emo with the LLM's output head and the emotion classification head."""
+
+    def __init__(self, config: BlspEmoConfig):
+        super().__init__(config)
+        self.model = BlspEmoModel(config)
+        text_config = config.text_config
+        self.lm_head = nn.Linear(text_config.hidden_size, text_config.vocab_size, bias=config.lm_head_bias)
+        self.emotion_head = nn.Linear(text_config.hidden_size, len(config.id2label), bias=False)
+        if config.tie_word_embeddings:
+            embeddings = self.model.language_model.get_input_embeddings()
+            name = next(name for name, module in self.model.language_model.named_modules() if module is embeddings)
+            self._tied_weights_keys = {"lm_head.weight": f"model.language_model.{name}.weight"}
+        self.post_init()
+        if config.audio_token_id is not None:
+            # The placeholder only ever stands for speech: never generate it.
+            suppressed = set(self.generation_config.suppress_tokens or ()) | {config.audio_token_id}
+            self.generation_config.suppress_tokens = sorted(suppressed)
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """Save as usual, registering the `audio-to-text` pipeline that the checkpoint's code carries."""
+        self.config.custom_pipelines = {
+            PIPELINE_TASK: {
+                "impl": f"{AudioToTextPipeline.__module__.rsplit('.', 1)[-1]}.{AudioToTextPipeline.__name__}",
+                "pt": ["AutoModel"],
+                "tf": [],
+                "type": "multimodal",
+            }
+        }
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.lm_head
+
+    def set_output_embeddings(self, value: nn.Module) -> None:
+        self.lm_head = value
+
+    def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """LM logits for (already sliced) LLM hidden states, with the LLM's own logit scaling/capping."""
+        logits = self.lm_head(hidden_states)
+        text_config = self.config.text_config
+        if (scale := getattr(text_config, "logit_scale", None)) is not None:  # Cohere
+            logits = logits * scale
+        if (scaling := getattr(text_config, "logits_scaling", None)) is not None:  # Granite
+            logits = logits / scaling
+        if (cap := getattr(text_config, "final_logit_softcapping", None)) is not None:  # Gemma 2/3
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
+    def classify_emotion(
+        self, audio_embeds: torch.Tensor, audio_lengths: torch.Tensor, audio_item_index: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Emotion logits `(items, labels)` from the pooled speech embeddings."""
+        return self.emotion_head(pool_speech_embeddings(audio_embeds, audio_lengths, audio_item_index))
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        input_features: torch.Tensor | None = None,
+        feature_attention_mask: torch.Tensor | None = None,
+        audio_item_index: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        emotion_labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        past_key_values: Cache | None = None,
+        **kwargs,
+    ) -> BlspEmoCausalLMOutputWithPast:
+        r"""
+        input_features (`torch.Tensor` of shape `(windows, mel bins, frames)`): log-mel features of the
+            audio, one row per ≤30-s window, from [`BlspEmoProcessor`].
+        feature_attention_mask (`torch.Tensor` of shape `(windows, frames)`): 1 on real mel frames.
+        audio_item_index (`torch.LongTensor` of shape `(windows,)`): the audio item of each window
+            (for the emotion head, when an item spans several windows).
+        labels (`torch.LongTensor` of shape `(batch, seq)`): next-token targets (-100 = ignored).
+        emotion_labels (`torch.LongTensor` of shape `(items,)`): emotion class ids of the audio items.
+        """
+        outputs = self.model(
+            input_ids=input_ids,
+            input_features=input_features,
+            feature_attention_mask=feature_attention_mask,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache if cache is not None else past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        hidden_states = outputs.last_hidden_state
+        if labels is None and isinstance(logits_to_keep, int) and logits_to_keep > 0:
+            hidden_states = hidden_states[:, -logits_to_keep:]
+        elif labels is None and isinstance(logits_to_keep, torch.Tensor):
+            hidden_states = hidden_states[:, logits_to_keep]
+        logits = self.compute_logits(hidden_states)
+
+        lm_loss = emotion_logits = emotion_loss = None
+        if labels is not None:
+            lm_loss = self.loss_function(logits=logits, labels=labels, vocab_size=logits.shape[-1], **kwargs)
+        if outputs.audio_embeds is not None:
+            emotion_logits = self.classify_emotion(outputs.audio_embeds, outputs.audio_lengths, audio_item_index)
+            if emotion_labels is not None:
+                emotion_loss = nn.functional.cross_entropy(emotion_logits.float(), emotion_labels.to(emotion_logits.device))
+        elif emotion_labels is not None:
+            raise ValueError("emotion_labels were given without input_features")
+        losses = [loss for loss in (lm_loss, emotion_loss) if loss is not None]
+        return BlspEmoCausalLMOutputWithPast(
+            loss=sum(losses) if losses else None,
+            lm_loss=lm_loss,
+            emotion_loss=emotion_loss,
+            logits=logits,
+            emotion_logits=emotion_logits,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            audio_embeds=outputs.audio_embeds,
+            audio_lengths=outputs.audio_lengths,
+            **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)},
+        )
+
+    def prepare_inputs_for_generation(self, *args, is_first_iteration: bool | None = False, **kwargs):
+        model_inputs = super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
+        if not is_first_iteration and kwargs.get("use_cache", True):
+            for name in AUDIO_INPUT_NAMES:
+                model_inputs.pop(name, None)
+        return model_inputs
+
+    def _expand_inputs_for_generation(
+        self, expand_size: int = 1, is_encoder_decoder: bool = False, input_ids=None, **model_kwargs
+    ):
+        """Beam search and sampling repeat each prompt row; repeat its audio windows with it, in row order."""
+        features = model_kwargs.get("input_features")
+        if expand_size == 1 or features is None:
+            return super()._expand_inputs_for_generation(expand_size, is_encoder_decoder, input_ids, **model_kwargs)
+        frame_mask = model_kwargs.get("feature_attention_mask")
+        if frame_mask is None:
+            frame_mask = features.new_ones(features.shape[0], features.shape[-1], dtype=torch.long)
+        counts = windows_per_row(input_ids, self.config.audio_token_id, frame_mask, self.config.kernel_sizes)
+        starts = [sum(counts[:row]) for row in range(len(counts))]
+        order = [start + i for start, count in zip(starts, counts) for _ in range(expand_size) for i in range(count)]
+        order = torch.tensor(order, dtype=torch.long, device=features.device)
+        # The emotion head plays no part in generation, so item grouping is not carried over.
+        audio_inputs = {"input_features": features[order], "feature_attention_mask": frame_mask[order]}
+        other = {key: value for key, value in model_kwargs.items() if key not in AUDIO_INPUT_NAMES}
+        input_ids, other = super()._expand_inputs_for_generation(expand_size, is_encoder_decoder, input_ids, **other)
+        return input_ids, {**other, **audio_inputs}
+
+
+__all__ = ["BlspEmoPreTrainedModel", "BlspEmoModel", "BlspEmoForConditionalGeneration", "pool_speech_embeddings"]

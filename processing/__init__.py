@@ -1,0 +1,1 @@
+"""Data for BLSP-Emo: manifests, audio, target generation, cleaning, augmentation, collators."""

@@ -1,0 +1,1 @@
+"""Training, evaluation, publishing and the `blsp-emo` command line."""

@@ -13,7 +13,7 @@ from transformers import BatchFeature, ProcessorMixin
 
 from .audio_loading import TARGET_SAMPLING_RATE, AudioInputError, load_audio
 from .prompts import NEUTRAL_SYSTEM_PROMPT
-from .speech_lengths import WINDOW_FRAMES, mel_frames, num_speech_embeddings, split_into_windows
+from .speech_lengths import MIN_SAMPLES, WINDOW_FRAMES, mel_frames, num_speech_embeddings, split_into_windows
 
 Message = dict[str, Any]
 # Keys under which a chat content item may carry its audio.
@@ -118,10 +118,13 @@ class BlspEmoProcessor(ProcessorMixin):
                 f"the text has {num_placeholders} audio placeholder(s) {self.audio_token!r} but {len(items)} audio "
                 "item(s) were given; put one placeholder where each audio item goes"
             )
-        clips = [
-            load_audio(item, sampling_rate=sampling_rate, name=item if isinstance(item, str) else f"audio item {i}")
-            for i, item in enumerate(items)
-        ]
+        clips = []
+        for index, item in enumerate(items):
+            name = item if isinstance(item, str) else f"audio item {index}"
+            clip = load_audio(item, sampling_rate=sampling_rate, name=name)
+            if len(clip) < MIN_SAMPLES:
+                raise AudioInputError(f"{name}: {len(clip)} samples at 16 kHz is too short (at least {MIN_SAMPLES}, 25 ms)")
+            clips.append(clip)
         expanded = self.expand_audio_tokens(texts, clips)
         encoded = self.tokenizer(
             expanded, padding=True, padding_side=padding_side, return_tensors=return_tensors, **tokenizer_kwargs

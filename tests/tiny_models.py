@@ -78,6 +78,7 @@ def tiny_feature_extractor() -> WhisperFeatureExtractor:
 
 AUDIO_TOKEN_ID = SPECIAL_TOKENS.index(AUDIO_TOKEN)
 PAD_TOKEN_ID = SPECIAL_TOKENS.index("<|endoftext|>")
+EOS_TOKEN_ID = SPECIAL_TOKENS.index("<|im_end|>")
 WORD_IDS = range(len(SPECIAL_TOKENS), len(SPECIAL_TOKENS) + len(WORDS))  # ordinary (non-special) tokens
 
 
@@ -143,3 +144,80 @@ def speech_inputs(
             [torch.nn.functional.pad(mask, (0, frames - mask.shape[-1])) for mask in frame_masks]
         )
     return inputs
+
+
+def save_tiny_whisper(directory) -> None:
+    """A tiny random full Whisper checkpoint (encoder + decoder) with its feature extractor."""
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+    torch.manual_seed(1)
+    WhisperForConditionalGeneration(WhisperConfig(**AUDIO_CONFIG)).save_pretrained(directory)
+    tiny_feature_extractor().save_pretrained(directory)
+
+
+def save_tiny_causal_lm(directory, text_model_type: str = "qwen2") -> None:
+    """A tiny random causal LM whose tokenizer lacks the audio placeholder (the builder adds it)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    tokenizer = tiny_tokenizer()
+    vocab = {token: index for token, index in tokenizer.get_vocab().items() if token != AUDIO_TOKEN}
+    backend = Tokenizer(models.WordLevel({token: i for i, token in enumerate(sorted(vocab, key=vocab.get))}, unk_token="<unk>"))
+    backend.pre_tokenizer = tokenizer.backend_tokenizer.pre_tokenizer
+    backend.decoder = tokenizer.backend_tokenizer.decoder
+    without_audio = PreTrainedTokenizerFast(
+        tokenizer_object=backend, unk_token="<unk>", eos_token="<|im_end|>", pad_token="<|endoftext|>",
+        additional_special_tokens=["<|im_start|>"],
+    )
+    without_audio.chat_template = CHATML_TEMPLATE
+    without_audio.save_pretrained(directory)
+    config = dict(TEXT_CONFIGS[text_model_type], vocab_size=len(without_audio), eos_token_id=without_audio.eos_token_id)
+    model_type = config.pop("model_type")
+    torch.manual_seed(2)
+    AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **config)).save_pretrained(directory)
+
+
+def positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids of left-padded rows, as `generate` computes them."""
+    return (attention_mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def row_alone(batch: dict[str, torch.Tensor], row: int, audio_padding: str = "longest") -> dict[str, torch.Tensor]:
+    """Row `row` of a batch with one clip per row, without its padding (features trimmed to the clip's
+    own frames, unless 30-s padding keeps all 3000)."""
+    keep = batch["attention_mask"][row].bool()
+    input_ids = batch["input_ids"][row, keep][None]
+    frame_mask = batch["feature_attention_mask"][row : row + 1]
+    frames = int(frame_mask.sum()) if audio_padding == "longest" else frame_mask.shape[-1]
+    return {
+        "input_ids": input_ids,
+        "attention_mask": torch.ones_like(input_ids),
+        "input_features": batch["input_features"][row : row + 1, :, :frames],
+        "feature_attention_mask": frame_mask[:, :frames],
+    }
+
+
+def until_eos(tokens: torch.Tensor) -> list[int]:
+    """Generated token ids up to and including the first end-of-turn token."""
+    tokens = tokens.tolist()
+    return tokens[: tokens.index(EOS_TOKEN_ID) + 1] if EOS_TOKEN_ID in tokens else tokens
+
+
+def greedy(model, inputs: dict[str, torch.Tensor], **kwargs) -> list[list[int]]:
+    """New token ids of greedy generation, per row, cut after the end-of-turn token."""
+    output = model.generate(**inputs, do_sample=False, pad_token_id=PAD_TOKEN_ID, **kwargs)
+    return [until_eos(row) for row in output[:, inputs["input_ids"].shape[1] :]]
+
+
+def training_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """LM loss on the text tokens plus the emotion loss of every clip."""
+    labels = batch["input_ids"].masked_fill(
+        (batch["attention_mask"] == 0) | (batch["input_ids"] == AUDIO_TOKEN_ID), -100
+    )
+    emotion_labels = torch.arange(batch["input_features"].shape[0]) % len(model.config.id2label)
+    return model(**batch, labels=labels, emotion_labels=emotion_labels).loss
+
+
+def gradients(model, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    model.zero_grad()
+    training_loss(model, batch).backward()
+    return {name: parameter.grad.clone() for name, parameter in model.named_parameters() if parameter.grad is not None}

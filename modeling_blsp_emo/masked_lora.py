@@ -11,6 +11,7 @@ import math
 
 import torch
 from torch import nn
+from transformers import initialization as init
 
 
 class MaskedLoraLinear(nn.Module):
@@ -30,9 +31,10 @@ class MaskedLoraLinear(nn.Module):
         self.reset_lora_parameters()
 
     def reset_lora_parameters(self) -> None:
-        """peft's default initialisation: A random, B zero, so a fresh layer changes nothing."""
-        nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
-        nn.init.zeros_(self.lora_B.weight)
+        """peft's default initialisation: A random, B zero, so a fresh layer changes nothing.
+        Weights loaded from a checkpoint (flagged by transformers' loading) are left alone."""
+        init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
+        init.zeros_(self.lora_B.weight)
 
     def forward(self, hidden_states: torch.Tensor, lora_mask: torch.Tensor | None = None) -> torch.Tensor:
         output = self.base_layer(hidden_states)

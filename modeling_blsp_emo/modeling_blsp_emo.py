@@ -16,7 +16,7 @@ from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from .adapter import SpeechAdapter, length_mask
 from .configuration_blsp_emo import LOGIT_TRANSFORM_ATTRIBUTES, BlspEmoConfig
-from .masked_lora import add_masked_lora, check_lora_mask_reached_blocks
+from .masked_lora import MaskedLoraLinear, add_masked_lora, check_lora_mask_reached_blocks
 from .pipeline_blsp_emo import AudioToTextPipeline  # imported so that checkpoints ship the pipeline
 from .speech_encoder import check_input_features, encode_padded_to_30s, encode_variable_length
 from .speech_lengths import embeddings_from_frames
@@ -70,6 +70,14 @@ class BlspEmoPreTrainedModel(PreTrainedModel):
         super()._init_weights(module)
         if isinstance(module, SpeechAdapter):
             module.layer_norm.reset_parameters()
+
+    def initialize_weights(self) -> None:
+        super().initialize_weights()
+        # LoRA layers sit inside the LLM, whose own `_init_weights` draws lora_B like any linear
+        # layer: restore B = 0 so that new LoRA starts as a no-op.
+        for module in self.modules():
+            if isinstance(module, MaskedLoraLinear):
+                module.reset_lora_parameters()
 
 
 class BlspEmoModel(BlspEmoPreTrainedModel):
@@ -311,6 +319,8 @@ class BlspEmoForConditionalGeneration(BlspEmoPreTrainedModel, GenerationMixin):
             (for the emotion head, when an item spans several windows).
         labels (`torch.LongTensor` of shape `(batch, seq)`): next-token targets (-100 = ignored).
         emotion_labels (`torch.LongTensor` of shape `(items,)`): emotion class ids of the audio items.
+        logits_to_keep (`int` or `torch.Tensor`): the last N positions, 1-D position indices, or a
+            `(batch, seq)` boolean mask (logits then come flattened as `(kept positions, vocab)`).
         """
         outputs = self.model(
             input_ids=input_ids,
@@ -327,7 +337,10 @@ class BlspEmoForConditionalGeneration(BlspEmoPreTrainedModel, GenerationMixin):
         if labels is None and isinstance(logits_to_keep, int) and logits_to_keep > 0:
             hidden_states = hidden_states[:, -logits_to_keep:]
         elif labels is None and isinstance(logits_to_keep, torch.Tensor):
-            hidden_states = hidden_states[:, logits_to_keep]
+            # A (batch, seq) boolean mask keeps just those positions, flattened to (kept, hidden):
+            # full-vocabulary logits everywhere would cost far more memory than the loss needs.
+            is_mask = logits_to_keep.dtype == torch.bool and logits_to_keep.ndim == 2
+            hidden_states = hidden_states[logits_to_keep] if is_mask else hidden_states[:, logits_to_keep]
         logits = self.compute_logits(hidden_states)
 
         lm_loss = emotion_logits = emotion_loss = None

@@ -1,6 +1,7 @@
 """The `blsp-emo` command line."""
 
 import argparse
+import logging
 import platform
 import sys
 from collections.abc import Sequence
@@ -29,16 +30,87 @@ def run_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_generate_targets(args: argparse.Namespace) -> int:
+    from accelerate import PartialState
+
+    from processing.manifests import interleave, load_speech_dataset
+    from processing.target_generation import emotion_prompt, generate_targets, load_targets, semantic_prompt
+
+    from .loading import load_text_generator
+
+    state = PartialState()
+    shard, num_shards = args.shard, args.num_shards
+    if num_shards is None:  # under `accelerate launch`, one shard per process
+        shard, num_shards = state.process_index, state.num_processes
+    extra = [args.emotion_column] if args.emotion else []
+    sources = [
+        load_speech_dataset(
+            source, audio_column=args.audio_column, text_column=args.text_column, extra_columns=extra,
+            split=args.split, streaming=args.streaming,
+        )
+        for source in args.data
+    ]
+    dataset = interleave(sources, args.probabilities, args.seed)
+    if args.emotion and args.emotion_column != "emotion":
+        dataset = dataset.rename_column(args.emotion_column, "emotion")
+    model, tokenizer = load_text_generator(args.model, args.dtype, device_map={"": state.device})
+    generate_targets(
+        model, tokenizer, dataset, args.output,
+        prompt=emotion_prompt if args.emotion else semantic_prompt,
+        batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, shard=shard, num_shards=num_shards,
+        total=None if args.streaming else len(dataset),
+    )
+    state.wait_for_everyone()
+    if state.is_main_process:
+        records = load_targets(args.output)
+        truncated = sum(record["truncated"] for record in records)
+        print(f"{len(records)} targets in {args.output} ({truncated} cut at {args.max_new_tokens} tokens)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="blsp-emo", description="Empathetic speech-language models (BLSP-Emo).")
     parser.add_argument("--version", action="version", version=f"blsp-emo {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
     info = commands.add_parser("info", help="print versions and available devices")
     info.set_defaults(handler=run_info)
+
+    targets = commands.add_parser("generate-targets", help="have the LLM write training targets for transcripts")
+    targets.add_argument("--model", required=True, help="BLSP-Emo checkpoint or causal LM that writes the targets")
+    targets.add_argument("--data", required=True, nargs="+", help="JSONL manifests or datasets (name or folder)")
+    targets.add_argument("--probabilities", type=float, nargs="+", help="sampling probability of each --data source")
+    targets.add_argument("--output", required=True, help="folder for targets-*.jsonl (re-running resumes)")
+    targets.add_argument("--emotion", action="store_true", help="stage 2: emotion-aware targets from the true label")
+    targets.add_argument("--audio-column", default="audio")
+    targets.add_argument("--text-column", default="text")
+    targets.add_argument("--emotion-column", default="emotion")
+    targets.add_argument("--split", default="train")
+    targets.add_argument("--streaming", action="store_true", help="stream the data instead of loading it")
+    targets.add_argument("--batch-size", type=int, default=8)
+    targets.add_argument("--max-new-tokens", type=int, default=48)
+    targets.add_argument("--num-shards", type=int, help="split the work in this many shards (default: one per process)")
+    targets.add_argument("--shard", type=int, default=0, help="which shard this run writes")
+    targets.add_argument("--dtype", help="load dtype, e.g. bfloat16")
+    targets.add_argument("--seed", type=int, default=0)
+    targets.set_defaults(handler=run_generate_targets)
+
+    for name, help_text in (("train-semantic", "stage 1: semantic alignment (options: --help)"),):
+        commands.add_parser(name, help=help_text, add_help=False)
     return parser
 
 
+TRAINING_COMMANDS = {"train-semantic": "trainers.train_semantic"}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if argv and argv[0] in TRAINING_COMMANDS:
+        # Training commands take transformers' TrainingArguments through HfArgumentParser.
+        import importlib
+
+        return importlib.import_module(TRAINING_COMMANDS[argv[0]]).main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

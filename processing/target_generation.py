@@ -1,0 +1,187 @@
+"""The LLM writes its own training targets: continuations of transcripts (stage 1) or emotion-aware
+continuations given the true label (stage 2).
+
+Generation is greedy and batched with left padding. Each shard appends to its own JSONL file one
+whole batch at a time, so a killed run resumes exactly where the last complete batch ended, with
+the same batch boundaries as an uninterrupted run.
+"""
+
+import json
+import logging
+import os
+from collections.abc import Callable, Iterable, Iterator
+from itertools import islice
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from modeling_blsp_emo.prompts import NEUTRAL_SYSTEM_PROMPT, SEMANTIC_TARGET_INSTRUCTION, emotion_target_instruction
+
+from .cleaning import RefusalFilter
+
+logger = logging.getLogger(__name__)
+MAX_NEW_TOKENS = 48
+
+
+def semantic_prompt(example: dict) -> str:
+    """Stage 1: continue the transcript."""
+    return SEMANTIC_TARGET_INSTRUCTION + example["text"]
+
+
+def emotion_prompt(example: dict) -> str:
+    """Stage 2: continue the transcript in its true emotion."""
+    return emotion_target_instruction(example["emotion"]) + example["text"]
+
+
+def json_fields(example: dict) -> dict:
+    """The example's fields that a JSON line can hold. Audio is kept as a file path when it has one;
+    audio held only as bytes is left out (join the targets back to the source dataset by `index`)."""
+    fields = {}
+    for key, value in example.items():
+        if key == "audio":
+            if isinstance(value, dict) and value.get("bytes") is None:
+                value = value.get("path")
+            if not isinstance(value, str):
+                continue
+        try:
+            json.dumps(value)
+        except TypeError:
+            continue
+        fields[key] = value
+    return fields
+
+
+def shard_path(output_dir: str | Path, shard: int, num_shards: int) -> Path:
+    return Path(output_dir) / f"targets-{shard:05d}-of-{num_shards:05d}.jsonl"
+
+
+def completed_batches(path: Path, batch_size: int) -> int:
+    """Whole batches already in a shard file; anything after the last whole batch (a batch cut
+    short by a kill) is truncated away so that it is generated again with the same boundaries."""
+    if not path.exists():
+        return 0
+    data = path.read_bytes()
+    complete_lines = data.count(b"\n")
+    batches = complete_lines // batch_size
+    keep = 0
+    for _ in range(batches * batch_size):
+        keep = data.index(b"\n", keep) + 1
+    if keep != len(data):
+        with path.open("r+b") as handle:
+            handle.truncate(keep)
+    return batches
+
+
+def append_batch(path: Path, records: list[dict]) -> None:
+    """Append records as one write, flushed to disk before the next batch starts."""
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write("".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records))
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def batched(iterable: Iterable, size: int) -> Iterator[list]:
+    iterator = iter(iterable)
+    while batch := list(islice(iterator, size)):
+        yield batch
+
+
+def stop_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> set[int]:
+    """Token ids that end a reply: the generation config's EOS ids (plus the tokenizer's)."""
+    eos = model.generation_config.eos_token_id
+    ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return ids
+
+
+@torch.inference_mode()
+def continue_texts(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    system_prompt: str = NEUTRAL_SYSTEM_PROMPT,
+    max_new_tokens: int = MAX_NEW_TOKENS,
+) -> list[tuple[str, bool]]:
+    """Greedy replies to user `prompts` through the chat template: (text, truncated) pairs, where
+    `truncated` means the reply hit `max_new_tokens` instead of ending by itself."""
+    chats = [
+        tokenizer.apply_chat_template(
+            [{"role": "system", "content": system_prompt}, {"role": "user", "content": prompt}],
+            tokenize=False,
+            add_generation_prompt=True,
+        )
+        for prompt in prompts
+    ]
+    inputs = tokenizer(chats, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
+    inputs = inputs.to(model.device)
+    output = model.generate(
+        **inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
+    )
+    stops = stop_token_ids(model, tokenizer)
+    results = []
+    for row in output[:, inputs["input_ids"].shape[1] :].tolist():
+        ended = any(token in stops for token in row)
+        if ended:
+            row = row[: next(i for i, token in enumerate(row) if token in stops)]
+        results.append((tokenizer.decode(row, skip_special_tokens=True).strip(), not ended))
+    return results
+
+
+def generate_targets(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    examples: Iterable[dict],
+    output_dir: str | Path,
+    *,
+    prompt: Callable[[dict], str] = semantic_prompt,
+    system_prompt: str = NEUTRAL_SYSTEM_PROMPT,
+    batch_size: int = 8,
+    max_new_tokens: int = MAX_NEW_TOKENS,
+    shard: int = 0,
+    num_shards: int = 1,
+    total: int | None = None,
+) -> Path:
+    """Write `target` and `truncated` for this shard's examples (every `num_shards`-th, starting
+    at `shard`) to `output_dir/targets-SSSSS-of-NNNNN.jsonl`, resuming a previous run. Records keep
+    their example's fields (audio undecoded) plus `index`, the example's position in `examples`."""
+    if not 0 <= shard < num_shards:
+        raise ValueError(f"shard {shard} is not in 0..{num_shards - 1}")
+    path = shard_path(output_dir, shard, num_shards)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    done = completed_batches(path, batch_size)
+    mine = ({**example, "index": index} for index, example in enumerate(examples) if index % num_shards == shard)
+    shard_total = None if total is None else len(range(shard, total, num_shards))
+    batches = batched(mine, batch_size)
+    progress = tqdm(
+        total=shard_total, initial=min(done * batch_size, shard_total or done * batch_size), unit="text",
+        desc=f"targets shard {shard}/{num_shards}",
+    )
+    for _ in islice(batches, done):
+        pass  # generated by an earlier run
+    for batch in batches:
+        replies = continue_texts(
+            model, tokenizer, [prompt(example) for example in batch], system_prompt, max_new_tokens
+        )
+        records = [
+            {**json_fields(example), "target": text, "truncated": truncated}
+            for example, (text, truncated) in zip(batch, replies)
+        ]
+        append_batch(path, records)
+        progress.update(len(batch))
+    progress.close()
+    return path
+
+
+def load_targets(output_dir: str | Path, refusals: RefusalFilter | None = None) -> list[dict]:
+    """All shards' records in example order, refusals dropped (their count is logged)."""
+    records = []
+    for path in sorted(Path(output_dir).glob("targets-*-of-*.jsonl")):
+        with path.open(encoding="utf-8") as lines:
+            records.extend(json.loads(line) for line in lines if line.endswith("\n"))
+    records.sort(key=lambda record: record["index"])
+    kept, dropped = (refusals or RefusalFilter()).split(records)
+    logger.info("targets: kept %d, dropped %d refusals", len(kept), len(dropped))
+    return kept

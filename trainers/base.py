@@ -1,0 +1,69 @@
+"""What both training stages share: logging several losses, and checkpoints of trained weights only."""
+
+import os
+from collections import defaultdict
+from collections.abc import Iterable
+
+import safetensors.torch
+import torch
+from transformers import Trainer
+
+TRAINED_WEIGHTS_NAME = "trained_weights.safetensors"
+
+
+def set_trainable(model: torch.nn.Module, prefixes: Iterable[str]) -> list[str]:
+    """Train exactly the parameters whose names start with one of `prefixes`; returns their names."""
+    prefixes = tuple(prefixes)
+    trained = []
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(name.startswith(prefixes))
+        if parameter.requires_grad:
+            trained.append(name)
+    if not trained:
+        raise ValueError(f"no parameter starts with {prefixes}")
+    return trained
+
+
+class AlignmentTrainer(Trainer):
+    """A `Trainer` that logs named metrics recorded in `compute_loss` (averaged over the logging
+    interval) and whose checkpoints hold only the weights being trained (plus the config), not the
+    frozen encoder and LLM."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._recorded = {"train": defaultdict(list), "eval": defaultdict(list)}
+
+    def record(self, **values: torch.Tensor | float) -> None:
+        split = "train" if self.model.training else "eval"
+        for name, value in values.items():
+            self._recorded[split][name].append(float(value.detach()) if isinstance(value, torch.Tensor) else float(value))
+
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        split = "eval" if any(key.startswith("eval_") for key in logs) else "train"
+        prefix = "eval_" if split == "eval" else ""
+        for name, values in self._recorded[split].items():
+            if values:
+                logs[prefix + name] = sum(values) / len(values)
+        self._recorded[split].clear()
+        super().log(logs, *args, **kwargs)
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        output_dir = output_dir or self.args.output_dir
+        os.makedirs(output_dir, exist_ok=True)
+        model = self.accelerator.unwrap_model(self.model)
+        trained = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
+        source = state_dict if state_dict is not None else model.state_dict()
+        tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in source.items() if name in trained}
+        safetensors.torch.save_file(tensors, os.path.join(output_dir, TRAINED_WEIGHTS_NAME), metadata={"format": "pt"})
+        model.config.save_pretrained(output_dir)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: torch.nn.Module | None = None) -> None:
+        model = model if model is not None else self.accelerator.unwrap_model(self.model)
+        path = os.path.join(resume_from_checkpoint, TRAINED_WEIGHTS_NAME)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{resume_from_checkpoint}: no {TRAINED_WEIGHTS_NAME} (not a checkpoint of this trainer)")
+        tensors = safetensors.torch.load_file(path)
+        unexpected = set(tensors) - set(model.state_dict())
+        if unexpected:
+            raise ValueError(f"{path}: weights {sorted(unexpected)[:3]} do not exist in the model")
+        model.load_state_dict(tensors, strict=False)

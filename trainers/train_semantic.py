@@ -1,0 +1,56 @@
+"""`blsp-emo train-semantic`: stage-1 training from a base checkpoint and generated targets."""
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from transformers import HfArgumentParser, TrainingArguments
+
+from modeling_blsp_emo.prompts import SEMANTIC_TARGET_INSTRUCTION
+from processing.collators import SpeechContinuationCollator
+from processing.target_generation import load_targets
+
+from .builder import save_checkpoint
+from .loading import load_blsp_emo
+from .semantic_alignment import SemanticAlignmentTrainer
+
+logger = logging.getLogger(__name__)
+
+# The release's stage-1 settings, for full-scale runs (global batch 768 = devices × per-device
+# batch × gradient accumulation).
+RELEASE_HYPERPARAMETERS = dict(
+    learning_rate=1e-4, warmup_steps=1000, num_train_epochs=1, bf16=True, weight_decay=0.05, max_grad_norm=1.0
+)
+
+
+@dataclass
+class SemanticAlignmentArguments:
+    model: str = field(metadata={"help": "BLSP-Emo checkpoint to align (from `blsp-emo init`)"})
+    targets: str = field(metadata={"help": "folder written by `blsp-emo generate-targets`"})
+    eval_targets: str | None = field(default=None, metadata={"help": "held-out targets folder for evaluation"})
+    dtype: str | None = field(default=None, metadata={"help": "load dtype, e.g. bfloat16"})
+
+
+def train_semantic(arguments: SemanticAlignmentArguments, training: TrainingArguments) -> SemanticAlignmentTrainer:
+    """Run stage 1 and save a full checkpoint (remote code, processor) in `training.output_dir`."""
+    model, processor = load_blsp_emo(arguments.model, arguments.dtype)
+    collator = SpeechContinuationCollator(processor, SEMANTIC_TARGET_INSTRUCTION, with_teacher=True)
+    trainer = SemanticAlignmentTrainer(
+        model=model,
+        args=training,
+        train_dataset=load_targets(arguments.targets),
+        eval_dataset=load_targets(arguments.eval_targets) if arguments.eval_targets else None,
+        data_collator=collator,
+    )
+    trainer.train(resume_from_checkpoint=training.resume_from_checkpoint)
+    if trainer.is_world_process_zero():
+        save_checkpoint(trainer.accelerator.unwrap_model(trainer.model), processor, training.output_dir)
+    return trainer
+
+
+def main(argv: Sequence[str]) -> int:
+    parser = HfArgumentParser((SemanticAlignmentArguments, TrainingArguments))
+    arguments, training = parser.parse_args_into_dataclasses(list(argv))
+    training.remove_unused_columns = False
+    train_semantic(arguments, training)
+    return 0

@@ -2,6 +2,7 @@
 
 import argparse
 import logging
+import os
 import platform
 import sys
 from collections.abc import Sequence
@@ -38,7 +39,9 @@ def run_generate_targets(args: argparse.Namespace) -> int:
 
     from .loading import load_text_generator
 
-    state = PartialState()
+    state = PartialState(cpu=args.cpu)
+    if int(os.environ.get("WORLD_SIZE", 1)) > state.num_processes:
+        raise SystemExit("launched in several processes but running as one: add --cpu on a machine without GPUs")
     shard, num_shards = args.shard, args.num_shards
     if num_shards is None:  # under `accelerate launch`, one shard per process
         shard, num_shards = state.process_index, state.num_processes
@@ -92,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     targets.add_argument("--num-shards", type=int, help="split the work in this many shards (default: one per process)")
     targets.add_argument("--shard", type=int, default=0, help="which shard this run writes")
     targets.add_argument("--dtype", help="load dtype, e.g. bfloat16")
+    targets.add_argument("--cpu", action="store_true", help="run on the CPU (several CPU processes need it)")
     targets.add_argument("--seed", type=int, default=0)
     targets.set_defaults(handler=run_generate_targets)
 

@@ -23,8 +23,9 @@ class MaskedLoraLinear(nn.Module):
     def __init__(self, base_layer: nn.Linear, rank: int, alpha: float, dropout: float):
         super().__init__()
         self.base_layer = base_layer
-        self.lora_A = nn.Linear(base_layer.in_features, rank, bias=False)
-        self.lora_B = nn.Linear(rank, base_layer.out_features, bias=False)
+        placement = {"device": base_layer.weight.device, "dtype": base_layer.weight.dtype}
+        self.lora_A = nn.Linear(base_layer.in_features, rank, bias=False, **placement)
+        self.lora_B = nn.Linear(rank, base_layer.out_features, bias=False, **placement)
         self.lora_dropout = nn.Dropout(dropout)
         self.scaling = alpha / rank
         self.block_mask: torch.Tensor | None = None  # set by the enclosing block during its forward

@@ -5,6 +5,7 @@ positions of the audio placeholder tokens in the LLM's input embeddings → LLM 
 """
 
 import inspect
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -66,11 +67,6 @@ class BlspEmoPreTrainedModel(PreTrainedModel):
     _supports_attention_backend = True
     _skip_keys_device_placement = ["cache"]
 
-    def _init_weights(self, module: nn.Module) -> None:
-        super()._init_weights(module)
-        if isinstance(module, SpeechAdapter):
-            module.layer_norm.reset_parameters()
-
     def initialize_weights(self) -> None:
         super().initialize_weights()
         # LoRA layers sit inside the LLM, whose own `_init_weights` draws lora_B like any linear
@@ -96,6 +92,19 @@ class BlspEmoModel(BlspEmoPreTrainedModel):
                 self.language_model, config.lora_rank, config.lora_alpha, config.lora_dropout, config.lora_target_modules
             )
         self.post_init()
+
+    def add_audio_lora(
+        self, rank: int = 16, alpha: int = 16, dropout: float = 0.05, target_modules: list[str] | None = None
+    ) -> list[str]:
+        """Add LoRA applied only at speech positions to the LLM; the config records it, so saved
+        checkpoints rebuild it. Returns the wrapped layers' names."""
+        if self.has_masked_lora:
+            raise ValueError("this model already has audio-scope LoRA")
+        wrapped = add_masked_lora(self.language_model, rank, alpha, dropout, target_modules)
+        self.config.lora_scope, self.config.lora_rank, self.config.lora_alpha = "audio", rank, alpha
+        self.config.lora_dropout, self.config.lora_target_modules = dropout, target_modules
+        self.has_masked_lora = True
+        return wrapped
 
     def get_input_embeddings(self) -> nn.Module:
         return self.language_model.get_input_embeddings()
@@ -272,6 +281,26 @@ class BlspEmoForConditionalGeneration(BlspEmoPreTrainedModel, GenerationMixin):
 
     def get_output_embeddings(self) -> nn.Module:
         return self.lm_head
+
+    def add_audio_lora(self, *args, **kwargs) -> list[str]:
+        """See [`BlspEmoModel.add_audio_lora`]."""
+        return self.model.add_audio_lora(*args, **kwargs)
+
+    def set_emotion_labels(self, labels: Sequence[str]) -> None:
+        """Use a new set of emotion classes (e.g. a new dataset's). The head is resized; classes it
+        already knew keep their weights, new ones start fresh; nothing else changes."""
+        if len(set(labels)) != len(labels) or len(labels) < 2:
+            raise ValueError(f"emotion labels must be at least two distinct names, got {list(labels)}")
+        old_head, old_ids = self.emotion_head, self.config.label2id
+        head = nn.Linear(old_head.in_features, len(labels), bias=False, device=old_head.weight.device, dtype=old_head.weight.dtype)
+        nn.init.normal_(head.weight, std=getattr(self.config.text_config, "initializer_range", 0.02))
+        with torch.no_grad():
+            for index, label in enumerate(labels):
+                if label in old_ids:
+                    head.weight[index] = old_head.weight[old_ids[label]]
+        self.emotion_head = head
+        self.config.id2label = dict(enumerate(labels))
+        self.config.label2id = {label: index for index, label in enumerate(labels)}
 
     def set_output_embeddings(self, value: nn.Module) -> None:
         self.lm_head = value

@@ -29,9 +29,20 @@ class AlignmentTrainer(Trainer):
     interval) and whose checkpoints hold only the weights being trained (plus the config), not the
     frozen encoder and LLM."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, eval_data_collator=None, **kwargs):
         super().__init__(*args, **kwargs)
+        self.eval_data_collator = eval_data_collator
         self._recorded = {"train": defaultdict(list), "eval": defaultdict(list)}
+
+    def get_eval_dataloader(self, eval_dataset=None):
+        """Evaluation may batch differently (e.g. without augmentation)."""
+        if self.eval_data_collator is None:
+            return super().get_eval_dataloader(eval_dataset)
+        train_collator, self.data_collator = self.data_collator, self.eval_data_collator
+        try:
+            return super().get_eval_dataloader(eval_dataset)
+        finally:
+            self.data_collator = train_collator
 
     def record(self, **values: torch.Tensor | float) -> None:
         split = "train" if self.model.training else "eval"
@@ -48,22 +59,29 @@ class AlignmentTrainer(Trainer):
         super().log(logs, *args, **kwargs)
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        output_dir = output_dir or self.args.output_dir
-        os.makedirs(output_dir, exist_ok=True)
-        model = self.accelerator.unwrap_model(self.model)
-        trained = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
-        source = state_dict if state_dict is not None else model.state_dict()
-        tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in source.items() if name in trained}
-        safetensors.torch.save_file(tensors, os.path.join(output_dir, TRAINED_WEIGHTS_NAME), metadata={"format": "pt"})
-        model.config.save_pretrained(output_dir)
+        save_trained_weights(self.accelerator.unwrap_model(self.model), output_dir or self.args.output_dir, state_dict)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: torch.nn.Module | None = None) -> None:
-        model = model if model is not None else self.accelerator.unwrap_model(self.model)
-        path = os.path.join(resume_from_checkpoint, TRAINED_WEIGHTS_NAME)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{resume_from_checkpoint}: no {TRAINED_WEIGHTS_NAME} (not a checkpoint of this trainer)")
-        tensors = safetensors.torch.load_file(path)
-        unexpected = set(tensors) - set(model.state_dict())
-        if unexpected:
-            raise ValueError(f"{path}: weights {sorted(unexpected)[:3]} do not exist in the model")
-        model.load_state_dict(tensors, strict=False)
+        load_trained_weights(model if model is not None else self.accelerator.unwrap_model(self.model), resume_from_checkpoint)
+
+
+def save_trained_weights(model: torch.nn.Module, output_dir: str, state_dict: dict | None = None) -> None:
+    """Write the weights that train (requires_grad) and the config: a small file to share or resume from."""
+    os.makedirs(output_dir, exist_ok=True)
+    trained = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
+    source = state_dict if state_dict is not None else model.state_dict()
+    tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in source.items() if name in trained}
+    safetensors.torch.save_file(tensors, os.path.join(output_dir, TRAINED_WEIGHTS_NAME), metadata={"format": "pt"})
+    model.config.save_pretrained(output_dir)
+
+
+def load_trained_weights(model: torch.nn.Module, directory: str) -> None:
+    """Load weights written by `save_trained_weights` into a model of the same structure."""
+    path = os.path.join(directory, TRAINED_WEIGHTS_NAME)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{directory}: no {TRAINED_WEIGHTS_NAME} (not a checkpoint of this trainer)")
+    tensors = safetensors.torch.load_file(path)
+    unexpected = set(tensors) - set(model.state_dict())
+    if unexpected:
+        raise ValueError(f"{path}: weights {sorted(unexpected)[:3]} do not exist in the model")
+    model.load_state_dict(tensors, strict=False)

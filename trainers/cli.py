@@ -7,6 +7,7 @@ import platform
 import sys
 from collections.abc import Sequence
 
+from modeling_blsp_emo.configuration_blsp_emo import DEFAULT_EMOTIONS
 from modeling_blsp_emo.version import __version__
 
 
@@ -34,6 +35,7 @@ def run_info(args: argparse.Namespace) -> int:
 def run_generate_targets(args: argparse.Namespace) -> int:
     from accelerate import PartialState
 
+    from processing.emotion_labels import LabelMapper
     from processing.manifests import interleave, load_speech_dataset
     from processing.target_generation import emotion_prompt, generate_targets, load_targets, semantic_prompt
 
@@ -54,8 +56,11 @@ def run_generate_targets(args: argparse.Namespace) -> int:
         for source in args.data
     ]
     dataset = interleave(sources, args.probabilities, args.seed)
-    if args.emotion and args.emotion_column != "emotion":
-        dataset = dataset.rename_column(args.emotion_column, "emotion")
+    if args.emotion:
+        if args.emotion_column != "emotion":
+            dataset = dataset.rename_column(args.emotion_column, "emotion")
+        aliases = dict(pair.split("=", 1) for pair in args.label_map)
+        dataset = LabelMapper(args.labels.split(","), aliases, args.drop_unmapped).apply(dataset)
     model, tokenizer = load_text_generator(args.model, args.dtype, device_map={"": state.device})
     generate_targets(
         model, tokenizer, dataset, args.output,
@@ -88,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     targets.add_argument("--audio-column", default="audio")
     targets.add_argument("--text-column", default="text")
     targets.add_argument("--emotion-column", default="emotion")
+    targets.add_argument("--labels", default=",".join(DEFAULT_EMOTIONS), help="emotion label names, comma separated")
+    targets.add_argument("--label-map", nargs="*", default=[], metavar="RAW=LABEL", help="e.g. ang=angry exc=happy")
+    targets.add_argument("--drop-unmapped", action="store_true", help="drop rows whose label maps to none of --labels")
     targets.add_argument("--split", default="train")
     targets.add_argument("--streaming", action="store_true", help="stream the data instead of loading it")
     targets.add_argument("--batch-size", type=int, default=8)
@@ -99,12 +107,15 @@ def build_parser() -> argparse.ArgumentParser:
     targets.add_argument("--seed", type=int, default=0)
     targets.set_defaults(handler=run_generate_targets)
 
-    for name, help_text in (("train-semantic", "stage 1: semantic alignment (options: --help)"),):
+    for name, help_text in (
+        ("train-semantic", "stage 1: semantic alignment (options: --help)"),
+        ("train-emotion", "stage 2: emotion alignment, or fine-tuning on new emotion data (options: --help)"),
+    ):
         commands.add_parser(name, help=help_text, add_help=False)
     return parser
 
 
-TRAINING_COMMANDS = {"train-semantic": "trainers.train_semantic"}
+TRAINING_COMMANDS = {"train-semantic": "trainers.train_semantic", "train-emotion": "trainers.train_emotion"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,112 @@
+"""Stage 2, emotion alignment: the model learns the LLM's emotion-aware continuations from speech
+alone (cross-entropy) plus the emotion head's classification loss.
+
+Trainable: adapter, emotion head, Whisper encoder (optional) and LoRA on the LLM, either masked to
+speech positions (`lora_scope="audio"`, the release's choice, part of the model's own code) or
+ordinary peft LoRA (`"global"`, merged into the LLM when saving).
+"""
+
+import re
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from modeling_blsp_emo import BlspEmoForConditionalGeneration
+from processing.collators import IGNORE_INDEX
+
+from .base import AlignmentTrainer, set_trainable
+from .semantic_alignment import predicting_positions
+
+ADAPTER_AND_HEAD = ("model.adapter.", "emotion_head.")
+ENCODER = ("model.audio_encoder.",)
+
+
+@dataclass
+class LoraSettings:
+    scope: str = "audio"  # "audio", "global" or "none"
+    rank: int = 16
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: list[str] | None = None  # None: every linear layer of every LLM block
+
+
+def llm_linear_layers(model: BlspEmoForConditionalGeneration, target_modules: list[str] | None) -> list[str]:
+    """Full names of the LLM's linear layers that get LoRA."""
+    return [
+        f"model.language_model.{name}"
+        for name, module in model.model.language_model.named_modules()
+        if isinstance(module, nn.Linear) and (target_modules is None or name.rsplit(".", 1)[-1] in target_modules)
+    ]
+
+
+def prepare_for_emotion_alignment(
+    model: BlspEmoForConditionalGeneration, lora: LoraSettings, train_encoder: bool = True
+) -> nn.Module:
+    """Add LoRA and set which weights train. Returns the model to train (a peft model for global LoRA)."""
+    trained = ADAPTER_AND_HEAD + (ENCODER if train_encoder else ())
+    if lora.scope == "audio":
+        model.add_audio_lora(lora.rank, lora.alpha, lora.dropout, lora.target_modules)
+        set_trainable(model, trained)
+        for name, parameter in model.model.language_model.named_parameters():
+            if ".lora_A." in name or ".lora_B." in name:
+                parameter.requires_grad_(True)
+        return model
+    if lora.scope == "global":
+        from peft import LoraConfig, get_peft_model
+
+        layers = llm_linear_layers(model, lora.target_modules)
+        config = LoraConfig(
+            r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+            target_modules="|".join(re.escape(name) for name in layers),
+        )
+        peft_model = get_peft_model(model, config)
+        # peft freezes everything but LoRA; the adapter, head (and encoder) train too.
+        for name, parameter in peft_model.base_model.model.named_parameters():
+            if name.startswith(trained):
+                parameter.requires_grad_(True)
+        return peft_model
+    if lora.scope == "none":
+        set_trainable(model, trained)
+        return model
+    raise ValueError(f"lora scope {lora.scope!r}: expected 'audio', 'global' or 'none'")
+
+
+def finalize(model: nn.Module) -> BlspEmoForConditionalGeneration:
+    """The plain model to save: global LoRA merged into the LLM weights."""
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+        model.config.lora_scope = "global"
+    return model
+
+
+def response_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy where `logits` were computed only at `positions`."""
+    targets = labels[:, 1:][positions[:, :-1]]
+    return F.cross_entropy(logits.float(), targets, ignore_index=IGNORE_INDEX)
+
+
+class EmotionAlignmentTrainer(AlignmentTrainer):
+    """`Trainer` for stage 2. Batches come from `SpeechContinuationCollator(label2id=...)`; the loss
+    is `lm_loss + er_weight * emotion_loss`; logs both and the emotion head's accuracy."""
+
+    def __init__(self, *args, er_weight: float = 1.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.er_weight = er_weight
+
+    def compute_loss(self, model, inputs, return_outputs: bool = False, num_items_in_batch=None):
+        labels = inputs.pop("labels")
+        positions = predicting_positions(labels)
+        outputs = model(**inputs, logits_to_keep=positions, use_cache=False)
+        lm_loss = response_cross_entropy(outputs.logits, labels, positions)
+        loss = lm_loss + self.er_weight * outputs.emotion_loss
+        accuracy = (outputs.emotion_logits.argmax(-1) == inputs["emotion_labels"]).float().mean()
+        self.record(lm_loss=lm_loss, emotion_loss=outputs.emotion_loss, emotion_accuracy=accuracy)
+        return (loss, outputs) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None

@@ -76,6 +76,22 @@ def run_generate_targets(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_init(args: argparse.Namespace) -> int:
+    from processing.bundled import resolve_model_spec
+
+    from .builder import build_blsp_emo, save_checkpoint
+    from .loading import parse_dtype
+
+    model, processor = build_blsp_emo(
+        resolve_model_spec(args.encoder), resolve_model_spec(args.llm), audio_padding=args.audio_padding,
+        emotion_labels=args.labels.split(","), dtype=parse_dtype(args.dtype),
+    )
+    save_checkpoint(model, processor, args.output)
+    size = sum(p.numel() for p in model.parameters()) / 1e6
+    print(f"BLSP-Emo base model ({size:.0f}M parameters; adapter and emotion head untrained) saved to {args.output}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="blsp-emo", description="Empathetic speech-language models (BLSP-Emo).")
     parser.add_argument("--version", action="version", version=f"blsp-emo {__version__}")
@@ -83,6 +99,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = commands.add_parser("info", help="print versions and available devices")
     info.set_defaults(handler=run_info)
+
+    init = commands.add_parser("init", help="build a base BLSP-Emo checkpoint from a Whisper model and an LLM")
+    init.add_argument("--encoder", default="bundled:whisper-tiny.en", help="Whisper: hub id, folder or bundled:NAME")
+    init.add_argument("--llm", default="bundled:smollm2-135m-instruct", help="causal LM: hub id, folder or bundled:NAME")
+    init.add_argument("--output", required=True, help="folder for the new checkpoint")
+    init.add_argument("--audio-padding", choices=["longest", "max_length"], default="longest")
+    init.add_argument("--labels", default=",".join(DEFAULT_EMOTIONS), help="emotion label names, comma separated")
+    init.add_argument("--dtype", help="dtype of the saved weights (default: as loaded)")
+    init.set_defaults(handler=run_init)
 
     targets = commands.add_parser("generate-targets", help="have the LLM write training targets for transcripts")
     targets.add_argument("--model", required=True, help="BLSP-Emo checkpoint or causal LM that writes the targets")

@@ -1,0 +1,115 @@
+"""SER parsing and metrics, the three SER measures, the cascade baseline and the empathy judge."""
+
+import pytest
+
+from conftest import noise
+from tiny_models import tiny_model
+
+from trainers.empathy_evaluation import evaluate_empathy, parse_scores
+from trainers.ser_evaluation import (
+    cascade_predictions,
+    parse_emotion,
+    plot_confusion,
+    predict_emotions,
+    retrieval_predictions,
+    ser_metrics,
+)
+
+LABELS = ["neutral", "happy", "angry", "sad", "surprise"]
+
+
+def clip(samples: int, seed: int = 0) -> dict:
+    return {"array": noise(samples, seed), "sampling_rate": 16000}
+
+
+@pytest.mark.parametrize(
+    "answer, expected",
+    [
+        ("sad", "sad"),
+        ("The emotion tone of the speech is Sad.", "sad"),
+        ("I would say the speaker sounds furious.", "angry"),
+        ("Happiness.", "happy"),
+        ("The speaker is not happy; they sound upset.", "sad"),
+        ("It is a surprised tone, maybe also happy", "surprise"),
+        ("I cannot tell from this.", None),
+        ("", None),
+    ],
+)
+def test_parse_emotion(answer, expected):
+    assert parse_emotion(answer, LABELS) == expected
+
+
+def test_ser_metrics_values():
+    metrics = ser_metrics(["sad", "sad", None, "happy"], ["sad", "happy", "happy", "happy"], LABELS)
+    assert metrics["accuracy"] == 0.5 and metrics["weighted_accuracy"] == 0.5
+    assert metrics["unweighted_accuracy"] == pytest.approx((1 + 1 / 3) / 2)
+    assert metrics["unanswered"] == 1
+    assert metrics["confusion_matrix"][1] == [0, 1, 0, 1, 0]
+
+
+def test_confusion_plot_is_written(tmp_path):
+    plot_confusion([[3, 1], [0, 4]], ["a", "b"], tmp_path / "cm.png", "test")
+    assert (tmp_path / "cm.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_predict_emotions_gives_answer_parse_and_head(processor):
+    results = predict_emotions(tiny_model(), processor, [clip(16000, 1), clip(24000, 2), clip(9000, 3)], batch_size=2, max_new_tokens=3)
+    assert len(results) == 3
+    for result in results:
+        assert result["head"] in LABELS and sum(result["head_scores"].values()) == pytest.approx(1, abs=1e-5)
+        assert result["parsed"] == parse_emotion(result["answer"], LABELS)
+
+
+def test_retrieval_picks_the_most_likely_candidate_and_flags_ties(processor):
+    candidates = {"neutral": "hello world", "happy": "good day today", "angry": "the dog", "sad": "sad day", "surprise": "the fox"}
+    examples = [
+        {"audio": clip(16000), "emotion": "sad", "candidates": candidates},
+        {"audio": clip(16000), "emotion": "sad", "candidates": {**candidates, "happy": "sad day"}},
+    ]
+    results = retrieval_predictions(tiny_model(), processor, examples)
+    assert results[0]["retrieved"] == max(results[0]["scores"], key=results[0]["scores"].get)
+    assert not results[0]["ambiguous"] and results[1]["ambiguous"]
+    # identical texts get identical scores
+    assert results[1]["scores"]["happy"] == pytest.approx(results[1]["scores"]["sad"], abs=1e-5)
+
+
+def test_cascade_answers_from_the_transcript(processor):
+    heard = []
+
+    def transcribe(clip):
+        heard.append(len(clip))
+        return "i am fine"
+
+    results = cascade_predictions(transcribe, tiny_model(), processor.tokenizer, [clip(16000), clip(8000)], LABELS)
+    assert heard == [16000, 8000]
+    assert [r["transcript"] for r in results] == ["i am fine", "i am fine"]
+
+
+@pytest.mark.parametrize(
+    "judgement, expected",
+    [
+        ("Quality: 8\nEmpathy: 6", {"quality": 8.0, "empathy": 6.0}),
+        ("quality = 7/10, empathy: 9.5", {"quality": 7.0, "empathy": 9.5}),
+        ("Quality: 12\nEmpathy: none", {"quality": None, "empathy": None}),
+    ],
+)
+def test_parse_judge_scores(judgement, expected):
+    assert parse_scores(judgement) == expected
+
+
+def test_empathy_evaluation_with_a_scripted_judge(processor):
+    prompts = []
+
+    def judge(prompt):
+        prompts.append(prompt)
+        return "Quality: 6\nEmpathy: 9" if "sounded sad" in prompt else "I refuse to grade."
+
+    examples = [
+        {"audio": clip(16000, 1), "text": "help me plan my day", "emotion": "sad"},
+        {"audio": clip(16000, 2), "text": "tell me a joke", "emotion": "happy"},
+    ]
+    rows, summary = evaluate_empathy(tiny_model(), processor, examples, judge, max_new_tokens=3)
+    assert 'The user said: "help me plan my day"' in prompts[0] and "sounded sad" in prompts[0]
+    assert rows[0]["response"] in prompts[0]
+    assert summary["sad"]["empathy"] == 9 and summary["happy"]["empathy"] is None
+    assert summary["all"] == {"count": 2, "quality": 6.0, "quality_unscored": 1, "empathy": 9.0, "empathy_unscored": 1}

@@ -58,6 +58,13 @@ class AlignmentTrainer(Trainer):
         self._recorded[split].clear()
         super().log(logs, *args, **kwargs)
 
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """Evaluation runs the training loss (which records its metrics); no logits are gathered."""
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         save_trained_weights(self.accelerator.unwrap_model(self.model), output_dir or self.args.output_dir, state_dict)
 

@@ -6,6 +6,7 @@ import os
 import platform
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from modeling_blsp_emo.configuration_blsp_emo import DEFAULT_EMOTIONS
 from modeling_blsp_emo.version import __version__
@@ -92,6 +93,51 @@ def run_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_push(args: argparse.Namespace) -> int:
+    from .hub import HubPublishError, checkpoint_files, push_to_hub, render_model_card
+
+    options = dict(
+        metrics=args.metrics, datasets=args.dataset, language=args.language, license=args.license,
+        training_dirs=args.training_dir,
+    )
+    try:
+        if args.dry_run:
+            files = checkpoint_files(args.model)
+            print(render_model_card(args.model, args.repo_id, revision=args.revision, **options))
+            print(f"\n{len(files) + 1} files would be pushed to {args.repo_id}: README.md, "
+                  + ", ".join(path.relative_to(args.model).as_posix() for path in files))
+            return 0
+        result = push_to_hub(
+            args.model, args.repo_id, private=args.private, revision=args.revision, verify=args.verify,
+            commit_message=args.commit_message, **options,
+        )
+    except HubPublishError as error:
+        raise SystemExit(f"blsp-emo push: {error}") from None
+    print(f"pushed {len(result.files)} files to {result.repo_id} (branch {result.revision}, commit {result.commit_oid[:10]})")
+    if result.verification:
+        print(f"verified in a fresh process: emotion {result.verification['emotion']!r}, "
+              f"reply {result.verification['generated_text']!r}")
+    return 0
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from .demo import Demo, DemoSettings
+
+    overrides = {
+        name: value
+        for name, value in vars(args).items()
+        if name in DemoSettings.__dataclass_fields__ and name != "output" and value is not None
+    }
+    settings = DemoSettings.quick(args.output, **overrides) if args.quick else DemoSettings(args.output, **overrides)
+    results = Demo(settings).run()
+    stage2, stage1 = results["stage2"], results["stage1_only"]
+    print(f"report: {Path(args.output) / 'report.md'}")
+    print(f"emotion head accuracy  stage 2 {stage2['head']['accuracy']:.1%}  stage 1 only {stage1['head']['accuracy']:.1%}")
+    print(f"target retrieval       stage 2 {stage2['retrieval']['accuracy']:.1%}  stage 1 only {stage1['retrieval']['accuracy']:.1%}")
+    print(f"SER query answers      stage 2 {stage2['generative']['accuracy']:.1%}  stage 1 only {stage1['generative']['accuracy']:.1%}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="blsp-emo", description="Empathetic speech-language models (BLSP-Emo).")
     parser.add_argument("--version", action="version", version=f"blsp-emo {__version__}")
@@ -108,6 +154,20 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--labels", default=",".join(DEFAULT_EMOTIONS), help="emotion label names, comma separated")
     init.add_argument("--dtype", help="dtype of the saved weights (default: as loaded)")
     init.set_defaults(handler=run_init)
+
+    demo = commands.add_parser("demo", help="run the whole mission offline on the embedded default and write a report")
+    demo.add_argument("--output", default="outputs/demo", help="folder for everything (re-running resumes)")
+    demo.add_argument("--quick", action="store_true", help="a much smaller run (a few minutes)")
+    demo.add_argument("--num-sentences", dest="num_sentences", type=int)
+    demo.add_argument("--stage1-steps", dest="stage1_steps", type=int)
+    demo.add_argument("--stage2-steps", dest="stage2_steps", type=int)
+    demo.add_argument("--batch-size", dest="batch_size", type=int)
+    demo.add_argument("--eval-clips", dest="eval_clips", type=int)
+    demo.add_argument("--engines", nargs="+", help="TTS engines for the corpus (piper flite espeak-ng)")
+    demo.add_argument("--corpus", help="use an existing corpus folder instead of synthesizing one")
+    demo.add_argument("--encoder", help="Whisper to build from (default bundled:whisper-tiny.en)")
+    demo.add_argument("--llm", help="LLM to build from (default bundled:smollm2-135m-instruct)")
+    demo.set_defaults(handler=run_demo)
 
     targets = commands.add_parser("generate-targets", help="have the LLM write training targets for transcripts")
     targets.add_argument("--model", required=True, help="BLSP-Emo checkpoint or causal LM that writes the targets")
@@ -131,6 +191,22 @@ def build_parser() -> argparse.ArgumentParser:
     targets.add_argument("--cpu", action="store_true", help="run on the CPU (several CPU processes need it)")
     targets.add_argument("--seed", type=int, default=0)
     targets.set_defaults(handler=run_generate_targets)
+
+    push = commands.add_parser("push", help="publish a checkpoint on the Hugging Face Hub with its model card")
+    push.add_argument("--model", required=True, help="checkpoint folder (saved by blsp-emo init / train-*)")
+    push.add_argument("--repo-id", required=True, help="NAME or NAMESPACE/NAME of the Hub repo (created if needed)")
+    push.add_argument("--private", action="store_true", help="create the repo private")
+    push.add_argument("--revision", help="branch to push to (created from main if missing; default main)")
+    push.add_argument("--metrics", help="SER metrics JSON for the card (default: MODEL/ser_metrics.json if present)")
+    push.add_argument("--dataset", action="append", default=[], help="Hub id of a training dataset (repeatable)")
+    push.add_argument("--language", nargs="+", default=["en"], help="language codes of the speech (default: en)")
+    push.add_argument("--license", help="licence id for the card (default: the LLM's recorded licence)")
+    push.add_argument("--training-dir", action="append", default=[],
+                      help="training output folder with trainer_state.json, one per stage (default: MODEL)")
+    push.add_argument("--commit-message")
+    push.add_argument("--verify", action="store_true", help="load the pushed model in a fresh process and run one clip")
+    push.add_argument("--dry-run", action="store_true", help="print the model card and the file list; push nothing")
+    push.set_defaults(handler=run_push)
 
     for name, help_text in (
         ("train-semantic", "stage 1: semantic alignment (options: --help)"),

@@ -104,9 +104,3 @@ class EmotionAlignmentTrainer(AlignmentTrainer):
         accuracy = (outputs.emotion_logits.argmax(-1) == inputs["emotion_labels"]).float().mean()
         self.record(lm_loss=lm_loss, emotion_loss=outputs.emotion_loss, emotion_accuracy=accuracy)
         return (loss, outputs) if return_outputs else loss
-
-    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
-        inputs = self._prepare_inputs(inputs)
-        with torch.no_grad():
-            loss = self.compute_loss(model, inputs)
-        return loss.detach(), None, None

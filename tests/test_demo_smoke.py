@@ -1,0 +1,49 @@
+"""A fast smoke run of `blsp-emo demo` on tiny random models and a noise "corpus"."""
+
+import json
+
+import pytest
+import soundfile
+
+from conftest import noise
+
+from trainers.demo import Demo, DemoSettings
+
+EMOTIONS = ["neutral", "happy", "angry", "sad", "surprise"]
+SENTENCES = {"train": ["hello world", "the lazy dog"], "validation": ["i am fine"], "test": ["good day today"]}
+
+
+@pytest.fixture
+def noise_corpus(tmp_path):
+    folder = tmp_path / "corpus"
+    for split, sentences in SENTENCES.items():
+        (folder / split).mkdir(parents=True)
+        rows = []
+        for s, sentence in enumerate(sentences):
+            for e, emotion in enumerate(EMOTIONS):
+                name = f"{split}/{s}-{emotion}.wav"
+                soundfile.write(folder / name, noise(4000 + 800 * e, s * 10 + e), 16000)
+                rows.append({"audio": name, "text": sentence, "emotion": emotion, "speaker": "noise:a", "sentence_id": str(s)})
+        (folder / f"{split}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return folder
+
+
+def test_demo_runs_end_to_end_and_resumes(pretrained_parts, noise_corpus, tmp_path):
+    whisper_dir, llm_dir = pretrained_parts
+    settings = DemoSettings(
+        output=str(tmp_path / "demo"), encoder=str(whisper_dir), llm=str(llm_dir), corpus=str(noise_corpus),
+        max_new_tokens=4, batch_size=2, stage1_steps=2, stage2_steps=2, cascade=False, lora_rank=2,
+    )
+    results = Demo(settings).run()
+    assert results["test_clips"] == 5
+    for model in ("stage2", "stage1_only"):
+        assert 0 <= results[model]["head"]["accuracy"] <= 1
+        assert results[model]["retrieval"]["clips"] + results[model]["retrieval"]["left_out_identical_targets"] == 5
+    report = (tmp_path / "demo" / "report.md").read_text()
+    assert "## Speech emotion recognition on held-out clips" in report and "transformers_modules" in report
+    for image in ("stage1_curves.png", "stage2_curves.png", "eval/stage2_head_confusion.png"):
+        assert (tmp_path / "demo" / image).stat().st_size > 0
+    timings = json.loads((tmp_path / "demo" / "timings.json").read_text())
+    rerun = Demo(settings)
+    rerun.run()
+    assert json.loads((tmp_path / "demo" / "timings.json").read_text()) == timings  # nothing was redone

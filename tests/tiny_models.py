@@ -218,6 +218,7 @@ def training_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 def gradients(model, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Gradients of `training_loss` by parameter name (parameters without a gradient left out)."""
     model.zero_grad()
     training_loss(model, batch).backward()
     return {name: parameter.grad.clone() for name, parameter in model.named_parameters() if parameter.grad is not None}

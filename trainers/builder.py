@@ -20,6 +20,8 @@ from transformers.models.whisper.modeling_whisper import WhisperEncoder
 from modeling_blsp_emo import DEFAULT_EMOTIONS, BlspEmoConfig, BlspEmoForConditionalGeneration, BlspEmoProcessor
 from modeling_blsp_emo.adapter import SpeechAdapter
 
+from .hub import describe_base_model
+
 logger = logging.getLogger(__name__)
 DEFAULT_AUDIO_TOKEN = "<|audio|>"
 
@@ -64,7 +66,8 @@ def build_blsp_emo(
     dtype: torch.dtype | str | None = None,
 ) -> tuple[BlspEmoForConditionalGeneration, BlspEmoProcessor]:
     """A BLSP-Emo model whose encoder and LLM carry the given checkpoints' weights (adapter and
-    emotion head freshly initialised), and its processor. `encoder`/`llm` are hub ids or directories."""
+    emotion head freshly initialised), and its processor. `encoder`/`llm` are hub ids or directories;
+    the config records where they came from in `base_models` (see `trainers.hub.describe_base_model`)."""
     audio_encoder = load_whisper_encoder(encoder, dtype)
     feature_extractor = load_feature_extractor(encoder, audio_encoder.config.num_mel_bins)
 
@@ -88,6 +91,8 @@ def build_blsp_emo(
         lm_head_bias=head.bias is not None,
         id2label=dict(enumerate(emotion_labels)),
     )
+    # Hub ids and licences of the parts, for the model card (trainers.hub); local folders by name only.
+    config.base_models = {"encoder": describe_base_model(encoder), "llm": describe_base_model(llm)}
     # Build the shell without allocating weights, then move the pretrained modules in.
     with torch.device("meta"):
         model = BlspEmoForConditionalGeneration(config)

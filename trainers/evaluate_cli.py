@@ -1,0 +1,96 @@
+"""`blsp-emo evaluate-ser` and `blsp-emo evaluate-empathy`."""
+
+import argparse
+import json
+from pathlib import Path
+
+
+def add_arguments(commands) -> None:
+    ser = commands.add_parser("evaluate-ser", help="speech emotion recognition: SER-query answers, emotion head, retrieval")
+    ser.add_argument("--model", required=True, help="BLSP-Emo checkpoint")
+    ser.add_argument("--data", required=True, help="JSONL manifest or dataset with audio and emotion columns")
+    ser.add_argument("--output", required=True, help="folder for predictions.jsonl, ser_metrics.json and plots")
+    ser.add_argument("--split", default="test")
+    ser.add_argument("--audio-column", default="audio")
+    ser.add_argument("--emotion-column", default="emotion")
+    ser.add_argument("--label-map", nargs="*", default=[], metavar="RAW=LABEL")
+    ser.add_argument("--drop-unmapped", action="store_true")
+    ser.add_argument("--targets", help="emotion targets of the same sentences (generate-targets --emotion) for retrieval")
+    ser.add_argument("--batch-size", type=int, default=8)
+    ser.add_argument("--dtype")
+    ser.set_defaults(handler=run_evaluate_ser)
+
+    empathy = commands.add_parser("evaluate-empathy", help="score spoken-instruction replies for quality and empathy")
+    empathy.add_argument("--model", required=True)
+    empathy.add_argument("--data", required=True, help="manifest with audio, text (the instruction) and emotion")
+    empathy.add_argument("--judge", required=True, help="a local chat model that grades (e.g. Qwen/Qwen2.5-7B-Instruct)")
+    empathy.add_argument("--output", required=True)
+    empathy.add_argument("--max-new-tokens", type=int, default=128)
+    empathy.set_defaults(handler=run_evaluate_empathy)
+
+
+def run_evaluate_ser(args: argparse.Namespace) -> int:
+    from processing.emotion_labels import LabelMapper
+    from processing.manifests import load_speech_dataset
+    from processing.target_generation import load_targets
+
+    from .loading import load_blsp_emo
+    from .ser_evaluation import plot_confusion, predict_emotions, retrieval_predictions, ser_metrics, write_jsonl
+
+    model, processor = load_blsp_emo(args.model, args.dtype)
+    model.eval()
+    labels = model.config.emotion_labels
+    dataset = load_speech_dataset(
+        args.data, audio_column=args.audio_column, text_column="text" if args.targets else None,
+        extra_columns=[args.emotion_column], split=args.split,
+    )
+    if args.emotion_column != "emotion":
+        dataset = dataset.rename_column(args.emotion_column, "emotion")
+    dataset = LabelMapper(labels, dict(pair.split("=", 1) for pair in args.label_map), args.drop_unmapped).apply(dataset)
+    rows = list(dataset)
+    truth = [row["emotion"] for row in rows]
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    predictions = predict_emotions(model, processor, [row["audio"] for row in rows], args.batch_size)
+    metrics = {
+        "generative": ser_metrics([p["parsed"] for p in predictions], truth, labels),
+        "head": ser_metrics([p["head"] for p in predictions], truth, labels),
+    }
+    if args.targets:
+        targets = {(r["text"], r["emotion"]): r["target"] for r in load_targets(args.targets)}
+        examples = [{"audio": row["audio"], "emotion": row["emotion"],
+                     "candidates": {label: targets.get((row["text"], label)) for label in labels}} for row in rows]
+        complete = [e for e in examples if None not in e["candidates"].values()]
+        retrieved = retrieval_predictions(model, processor, complete)
+        distinct = [(e, r) for e, r in zip(complete, retrieved) if not r["ambiguous"]]
+        metrics["retrieval"] = {"accuracy": sum(r["retrieved"] == e["emotion"] for e, r in distinct) / max(len(distinct), 1),
+                                "clips": len(distinct)}
+    write_jsonl(output / "predictions.jsonl", [{"emotion": t, **p} for t, p in zip(truth, predictions)])
+    for kind in ("head", "generative"):
+        plot_confusion(metrics[kind]["confusion_matrix"], labels, output / f"confusion_{kind}.png", kind)
+    summary = {"dataset": str(args.data), "split": args.split, "num_examples": len(rows), "method": "emotion head",
+               "metrics": metrics["head"], "all": metrics}
+    (output / "ser_metrics.json").write_text(json.dumps(summary, indent=2))
+    for kind, values in metrics.items():
+        print(f"{kind:>10}: accuracy {values['accuracy']:.1%}" + (f"  UA {values['unweighted_accuracy']:.1%}" if "unweighted_accuracy" in values else ""))
+    return 0
+
+
+def run_evaluate_empathy(args: argparse.Namespace) -> int:
+    from processing.manifests import load_speech_dataset
+
+    from .empathy_evaluation import evaluate_empathy, local_judge
+    from .loading import load_blsp_emo
+    from .ser_evaluation import write_jsonl
+
+    model, processor = load_blsp_emo(args.model)
+    model.eval()
+    rows = list(load_speech_dataset(args.data, extra_columns=["emotion"]))
+    results, summary = evaluate_empathy(model, processor, rows, local_judge(args.judge), args.max_new_tokens)
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    write_jsonl(output / "empathy_responses.jsonl", results)
+    (output / "empathy_scores.json").write_text(json.dumps(summary, indent=2))
+    for group, scores in summary.items():
+        print(f"{group:>9}: quality {scores['quality']}  empathy {scores['empathy']}  ({scores['count']} clips)")
+    return 0

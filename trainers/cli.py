@@ -154,6 +154,31 @@ def run_convert_original(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_chat(args: argparse.Namespace) -> int:
+    from .chat_cli import run_chat as chat_in_terminal
+
+    return chat_in_terminal(args)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from .web_app import run_serve as serve_web_app
+
+    return serve_web_app(args)
+
+
+def run_synth_corpus(args: argparse.Namespace) -> int:
+    from processing.corpus_stats import measure_corpus, stats_table
+    from processing.synth_corpus import synthesize_corpus
+
+    report = synthesize_corpus(
+        args.output, num_sentences=args.num_sentences, seed=args.seed, workers=args.workers, engines=args.engines,
+        audio_format=args.format, piper_noise=not args.no_piper_noise,
+    )
+    print(f"{sum(report['clips'].values())} clips ({report['synthesized']} new) in {args.output}: {report['clips']}")
+    print(stats_table(measure_corpus(report["manifests"].values())))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="blsp-emo", description="Empathetic speech-language models (BLSP-Emo).")
     parser.add_argument("--version", action="version", version=f"blsp-emo {__version__}")
@@ -184,6 +209,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--encoder", help="Whisper to build from (default bundled:whisper-tiny.en)")
     demo.add_argument("--llm", help="LLM to build from (default bundled:smollm2-135m-instruct)")
     demo.set_defaults(handler=run_demo)
+
+    corpus = commands.add_parser("synth-corpus", help="synthesize an emotional speech corpus with offline TTS engines")
+    corpus.add_argument("--output", required=True, help="corpus folder (re-running resumes)")
+    corpus.add_argument("--num-sentences", type=int, help="how many of the built-in sentences (default all 300)")
+    corpus.add_argument("--seed", type=int, default=0)
+    corpus.add_argument("--workers", type=int, default=2)
+    corpus.add_argument("--engines", nargs="+", choices=["piper", "flite", "espeak-ng"], help="default: all")
+    corpus.add_argument("--format", choices=["flac", "wav"], default="flac")
+    corpus.add_argument("--no-piper-noise", action="store_true", help="deterministic Piper audio (less varied)")
+    corpus.set_defaults(handler=run_synth_corpus)
 
     targets = commands.add_parser("generate-targets", help="have the LLM write training targets for transcripts")
     targets.add_argument("--model", required=True, help="BLSP-Emo checkpoint or causal LM that writes the targets")
@@ -233,6 +268,19 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--max-shard-size", default="2GB", help="largest safetensors shard written (default 2GB)")
     convert.add_argument("--labels", help="emotion label names in id order, comma separated (default: the release's five)")
     convert.set_defaults(handler=run_convert_original)
+
+    chat = commands.add_parser("chat", help="chat with a model in the terminal: text, or /audio PATH, per turn")
+    serve = commands.add_parser("serve", help="a Gradio web app on 127.0.0.1 for chatting with a model by voice or text")
+    for command in (chat, serve):
+        command.add_argument("--model", required=True, help="BLSP-Emo checkpoint folder")
+        command.add_argument("--dtype", help="load dtype, e.g. bfloat16")
+        command.add_argument("--empathetic", action="store_true", help="start with the empathetic system prompt")
+        command.add_argument("--max-new-tokens", type=int, default=128, help="reply length limit (default 128)")
+        command.add_argument("--max-context-tokens", type=int, help="drop oldest turns beyond this (default: the LLM's limit)")
+        command.add_argument("--max-audio-seconds", type=float, default=120.0, help="refuse longer audio (default 120)")
+    chat.set_defaults(handler=run_chat)
+    serve.add_argument("--port", type=int, default=7860, help="port on 127.0.0.1 (0: any free port; default 7860)")
+    serve.set_defaults(handler=run_serve)
 
     from .evaluate_cli import add_arguments as add_evaluation_commands
 

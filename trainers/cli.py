@@ -139,14 +139,14 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def run_convert_original(args: argparse.Namespace) -> int:
-    from .convert_original import ConversionError, convert_original
+    from .convert_original import convert_original
     from .loading import parse_dtype
 
     labels = args.labels.split(",") if args.labels else None
-    dtype = parse_dtype(args.dtype) if args.dtype != "auto" else None
     try:
+        dtype = parse_dtype(args.dtype) if args.dtype != "auto" else None
         result = convert_original(args.source, args.output, dtype=dtype, max_shard_size=args.max_shard_size, emotion_labels=labels)
-    except ConversionError as error:
+    except ValueError as error:  # a ConversionError (it says what is wrong with the release), or an unknown --dtype
         raise SystemExit(f"blsp-emo convert-original: {error}") from None
     lora = f"audio-scope LoRA on {', '.join(result.lora_target_modules)}" if result.lora_target_modules else "no LoRA"
     print(f"converted {len(result.sources)} tensors of {args.source} into {result.output_dir} "

@@ -1,0 +1,95 @@
+"""P3: peak memory of one stage-1 step, LM-head logits only at the positions the KL needs vs
+full-vocabulary logits and log-softmax at every position (the original release's way), same batch.
+
+Each variant runs in its own process and reports its peak resident memory (`ru_maxrss`), so the
+two do not share an allocator. Random weights: Whisper-tiny-shaped encoder, SmolLM2-135M-shaped LLM
+(49,152-token vocabulary).
+
+    python benchmarks/p3_stage1_memory.py --batch-size 8 --target-tokens 48
+"""
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+
+import torch
+
+
+def one_step(variant: str, batch_size: int, target_tokens: int, seconds: float) -> dict:
+    from p1_encoder_padding import AUDIO_TOKEN_ID, build_model, clip_features
+
+    from modeling_blsp_emo import num_speech_embeddings
+    from trainers.semantic_alignment import distillation_kl, predicting_positions
+
+    torch.manual_seed(0)
+    model = build_model()
+    model.train()
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(name.startswith("model.adapter."))
+    features, frame_mask = clip_features(seconds, "longest")
+    placeholders = torch.full((num_speech_embeddings(int(seconds * 16000)),), AUDIO_TOKEN_ID)
+    prompt = torch.cat([torch.randint(10, 1000, (30,)), placeholders, torch.randint(10, 1000, (10,))])
+    student = {
+        "input_ids": prompt.repeat(batch_size, 1),
+        "input_features": features.repeat(batch_size, 1, 1),
+        "feature_attention_mask": frame_mask.repeat(batch_size, 1),
+    }
+    prompt_length = student["input_ids"].shape[1]
+    targets = torch.randint(10, 1000, (batch_size, target_tokens))
+    student["input_ids"] = torch.cat([student["input_ids"], targets], 1)
+    student["attention_mask"] = torch.ones_like(student["input_ids"])
+    labels = torch.full_like(student["input_ids"], -100)
+    labels[:, prompt_length:] = targets
+    teacher_ids = torch.cat([torch.randint(10, 1000, (batch_size, 40)), targets], 1)
+    teacher_labels = torch.full_like(teacher_ids, -100)
+    teacher_labels[:, 40:] = targets
+    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    student_positions, teacher_positions = predicting_positions(labels), predicting_positions(teacher_labels)
+    if variant == "sliced":
+        with torch.no_grad():
+            teacher_logits = model(input_ids=teacher_ids, logits_to_keep=teacher_positions).logits
+        student_logits = model(**student, logits_to_keep=student_positions).logits
+        distillation_kl(teacher_logits, student_logits, 2.0).backward()
+    else:
+        # The release: full logits everywhere, softmax and KL over the whole (batch, seq, vocab)
+        # tensors, masked afterwards.
+        with torch.no_grad():
+            teacher_log_probs = torch.log_softmax(model(input_ids=teacher_ids).logits / 2.0, -1)
+        student_log_probs = torch.log_softmax(model(**student).logits / 2.0, -1)
+        kl = torch.nn.functional.kl_div(
+            student_log_probs[student_positions], teacher_log_probs[teacher_positions], log_target=True, reduction="none"
+        )
+        (kl.sum(-1).mean()).backward()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"variant": variant, "peak_mib": peak / 1024, "step_mib": (peak - baseline) / 1024}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--target-tokens", type=int, default=48)
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--variant", choices=["sliced", "full"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.variant:
+        print(json.dumps(one_step(args.variant, args.batch_size, args.target_tokens, args.seconds)))
+        return
+    results = {}
+    for variant in ("sliced", "full"):
+        command = [sys.executable, __file__, "--variant", variant, "--batch-size", str(args.batch_size),
+                   "--target-tokens", str(args.target_tokens), "--seconds", str(args.seconds)]
+        output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+        results[variant] = json.loads(output.strip().splitlines()[-1])
+    print(f"stage-1 step, batch {args.batch_size}, {args.target_tokens} target tokens, {args.seconds:g} s clips, "
+          f"vocabulary 49152, torch {torch.__version__}")
+    print(f"{'logits':<28}{'peak RSS MiB':>14}{'step growth MiB':>17}")
+    for variant, label in (("sliced", "sliced (KL positions only)"), ("full", "full vocab, every position")):
+        print(f"{label:<28}{results[variant]['peak_mib']:>14.0f}{results[variant]['step_mib']:>17.0f}")
+    ratio = results["sliced"]["step_mib"] / results["full"]["step_mib"]
+    print(f"sliced / full step memory: {ratio:.2f} (peak RSS ratio {results['sliced']['peak_mib'] / results['full']['peak_mib']:.2f})")
+
+
+if __name__ == "__main__":
+    main()

@@ -4,9 +4,14 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-# Offline TTS engines for the synthetic corpus, run as separate programs (espeak-ng is GPL-3.0).
-packages="espeak-ng flite sox"
-if ! command -v espeak-ng >/dev/null || ! command -v flite >/dev/null || ! command -v sox >/dev/null; then
+# Offline TTS engines for the synthetic corpus, run as separate programs (espeak-ng is GPL-3.0),
+# and Debian's Chromium + chromedriver for the web app's browser test.
+packages="espeak-ng flite sox chromium chromium-driver"
+missing=""
+for program in espeak-ng flite sox chromium chromedriver; do
+    command -v "$program" >/dev/null || missing="$missing $program"
+done
+if [ -n "$missing" ]; then
     sudo_cmd=""; [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
     $sudo_cmd apt-get update -qq && $sudo_cmd apt-get install -y -qq $packages
 fi

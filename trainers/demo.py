@@ -38,14 +38,14 @@ class DemoSettings:
     encoder: str = "bundled:whisper-tiny.en"
     llm: str = "bundled:smollm2-135m-instruct"
     corpus: str | None = None  # an existing corpus folder (train/validation/test.jsonl) instead of synthesizing
-    num_sentences: int = 60
+    num_sentences: int = 40
     voices_per_sentence: int = 2
     engines: list[str] | None = None
     max_new_tokens: int = 32
     batch_size: int = 8
-    stage1_steps: int = 40
+    stage1_steps: int = 60
     stage1_learning_rate: float = 2e-3
-    stage2_steps: int = 60
+    stage2_steps: int = 80
     stage2_learning_rate: float = 5e-4
     emotion_loss_weight: float = 2.0
     lora_rank: int = 8

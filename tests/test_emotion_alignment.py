@@ -213,3 +213,35 @@ def test_unknown_target_labels_need_a_new_label_set(records, saved_checkpoint, t
     training = TrainingArguments(output_dir=str(tmp_path / "x"), max_steps=1, report_to=[], use_cpu=True)
     with pytest.raises(ValueError, match=r"labels \['calm'\] are not the model's"):
         train_emotion(EmotionAlignmentArguments(model=str(saved_checkpoint), targets=str(targets)), training)
+
+
+def test_emotion_demonstration_is_shown_before_the_request(processor, tmp_path):
+    from processing.target_generation import EMOTION_DEMONSTRATIONS, emotion_demonstration, generate_targets
+
+    rendered = []
+    tokenizer = processor.tokenizer
+    original = tokenizer.apply_chat_template
+
+    def recording(messages, **kwargs):
+        rendered.append(messages)
+        return original(messages, **kwargs)
+
+    tokenizer.apply_chat_template = recording
+    examples = [{"text": "hello world", "emotion": "sad"}, {"text": "the dog", "emotion": "happy"}]
+    generate_targets(tiny_model(), tokenizer, examples, tmp_path, batch_size=2, max_new_tokens=2,
+                     prompt=lambda e: e["text"], demonstration=emotion_demonstration)
+    sad_example, sad_reply = EMOTION_DEMONSTRATIONS["sad"]
+    assert rendered[0][1]["content"].endswith(sad_example) and rendered[0][2] == {"role": "assistant", "content": sad_reply}
+    assert rendered[0][3] == {"role": "user", "content": "hello world"}
+    assert rendered[1][2]["content"] == EMOTION_DEMONSTRATIONS["happy"][1]
+
+
+def test_emotion_head_can_have_its_own_learning_rate(processor, records, tmp_path):
+    model = prepare_for_emotion_alignment(tiny_model(), LoraSettings(scope="audio", rank=2))
+    trainer = trainer_for(model, records, processor, tmp_path)
+    trainer.head_learning_rate = 0.05
+    optimizer = trainer.create_optimizer()
+    head = {id(p) for p in model.emotion_head.parameters()}
+    groups = {tuple(id(p) for p in group["params"]): group["lr"] for group in optimizer.param_groups}
+    assert groups[tuple(head)] == 0.05
+    assert all(lr == 1e-3 for params, lr in groups.items() if params != tuple(head))

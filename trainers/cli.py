@@ -38,7 +38,13 @@ def run_generate_targets(args: argparse.Namespace) -> int:
 
     from processing.emotion_labels import LabelMapper
     from processing.manifests import interleave, load_speech_dataset
-    from processing.target_generation import emotion_prompt, generate_targets, load_targets, semantic_prompt
+    from processing.target_generation import (
+        emotion_demonstration,
+        emotion_prompt,
+        generate_targets,
+        load_targets,
+        semantic_prompt,
+    )
 
     from .loading import load_text_generator
 
@@ -68,6 +74,7 @@ def run_generate_targets(args: argparse.Namespace) -> int:
         prompt=emotion_prompt if args.emotion else semantic_prompt,
         batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, shard=shard, num_shards=num_shards,
         total=None if args.streaming else len(dataset),
+        demonstration=emotion_demonstration if args.demonstrations else None,
     )
     state.wait_for_everyone()
     if state.is_main_process:
@@ -232,6 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
     targets.add_argument("--labels", default=",".join(DEFAULT_EMOTIONS), help="emotion label names, comma separated")
     targets.add_argument("--label-map", nargs="*", default=[], metavar="RAW=LABEL", help="e.g. ang=angry exc=happy")
     targets.add_argument("--drop-unmapped", action="store_true", help="drop rows whose label maps to none of --labels")
+    targets.add_argument(
+        "--demonstrations", action="store_true",
+        help="with --emotion: show the LLM one worked example per emotion first (helps small LLMs; release labels only)",
+    )
     targets.add_argument("--split", default="train")
     targets.add_argument("--streaming", action="store_true", help="stream the data instead of loading it")
     targets.add_argument("--batch-size", type=int, default=8)

@@ -20,7 +20,13 @@ from transformers.trainer_utils import get_last_checkpoint
 from modeling_blsp_emo.prompts import EMOTION_CONTINUATION_INSTRUCTION, SEMANTIC_TARGET_INSTRUCTION
 from processing.collators import SpeechContinuationCollator
 from processing.manifests import read_manifest
-from processing.target_generation import emotion_prompt, generate_targets, load_targets, semantic_prompt
+from processing.target_generation import (
+    emotion_demonstration,
+    emotion_prompt,
+    generate_targets,
+    load_targets,
+    semantic_prompt,
+)
 
 from .builder import build_blsp_emo, save_checkpoint
 from .emotion_alignment import EmotionAlignmentTrainer, LoraSettings, finalize, prepare_for_emotion_alignment
@@ -48,6 +54,8 @@ class DemoSettings:
     stage2_steps: int = 80
     stage2_learning_rate: float = 5e-4
     emotion_loss_weight: float = 2.0
+    head_learning_rate: float = 5e-3
+    emotion_demonstrations: bool = True
     lora_rank: int = 8
     eval_clips: int | None = None  # test clips to evaluate (None: all)
     cascade: bool = True
@@ -120,14 +128,13 @@ class Demo:
             engines=self.settings.engines, voices_per_sentence=self.settings.voices_per_sentence,
         )
 
-    def write_targets(self, folder: str, rows: list[dict], prompt) -> dict:
+    def write_targets(self, folder: str, rows: list[dict], prompt, demonstration=None) -> None:
         """Targets depend on the text (and emotion) only: generate once per distinct key."""
         model, processor = load_blsp_emo(str(self.path("base")))
         generate_targets(
-            model, processor.tokenizer, rows, self.path(folder), prompt=prompt,
+            model, processor.tokenizer, rows, self.path(folder), prompt=prompt, demonstration=demonstration,
             batch_size=self.settings.batch_size * 2, max_new_tokens=self.settings.max_new_tokens, total=len(rows),
         )
-        return {(r["text"], r.get("emotion")): r for r in load_targets(self.path(folder))}
 
     def stage1_targets(self) -> None:
         texts = sorted({row["text"] for name in ("train", "validation") for row in self.split(name)})
@@ -135,7 +142,9 @@ class Demo:
 
     def stage2_targets(self) -> None:
         pairs = sorted({(row["text"], row["emotion"]) for name in ("train", "validation", "test") for row in self.split(name)})
-        self.write_targets("targets_stage2", [{"text": t, "emotion": e} for t, e in pairs], emotion_prompt)
+        # SmolLM2-135M continues a sentence alike for every emotion unless shown an example first.
+        demonstration = emotion_demonstration if self.settings.emotion_demonstrations else None
+        self.write_targets("targets_stage2", [{"text": t, "emotion": e} for t, e in pairs], emotion_prompt, demonstration)
 
     def with_targets(self, split: str, folder: str, by_emotion: bool) -> list[dict]:
         """Clips of a split joined with their text's (and emotion's) target; refusals drop out."""
@@ -187,6 +196,7 @@ class Demo:
             args=self.training_arguments("stage2", self.settings.stage2_steps, self.settings.stage2_learning_rate),
             train_dataset=self.with_targets("train", "targets_stage2", by_emotion=True),
             data_collator=collator, er_weight=self.settings.emotion_loss_weight,
+            head_learning_rate=self.settings.head_learning_rate,
         )
         self.train(trainer, "stage2")
         save_checkpoint(finalize(trainer.model), processor, self.path("final"))

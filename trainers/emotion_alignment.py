@@ -91,9 +91,27 @@ class EmotionAlignmentTrainer(AlignmentTrainer):
     """`Trainer` for stage 2. Batches come from `SpeechContinuationCollator(label2id=...)`; the loss
     is `lm_loss + er_weight * emotion_loss`; logs both and the emotion head's accuracy."""
 
-    def __init__(self, *args, er_weight: float = 1.0, **kwargs):
+    def __init__(self, *args, er_weight: float = 1.0, head_learning_rate: float | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.er_weight = er_weight
+        self.head_learning_rate = head_learning_rate
+
+    def create_optimizer(self, *args, **kwargs):
+        """Optionally give the (small, freshly initialised) emotion head its own learning rate."""
+        if self.head_learning_rate is None or self.optimizer is not None:
+            return super().create_optimizer(*args, **kwargs)
+        model = self.accelerator.unwrap_model(self.model)
+        head, rest = [], []
+        for name, parameter in model.named_parameters():
+            if parameter.requires_grad:
+                (head if "emotion_head." in name else rest).append(parameter)
+        optimizer_class, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
+        self.optimizer = optimizer_class(
+            [{"params": rest, "weight_decay": self.args.weight_decay},
+             {"params": head, "weight_decay": 0.0, "lr": self.head_learning_rate}],
+            **optimizer_kwargs,
+        )
+        return self.optimizer
 
     def compute_loss(self, model, inputs, return_outputs: bool = False, num_items_in_batch=None):
         labels = inputs.pop("labels")

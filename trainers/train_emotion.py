@@ -36,6 +36,7 @@ class EmotionAlignmentArguments:
     lora_target_modules: str | None = field(default=None, metadata={"help": "comma-separated layer names; default all"})
     freeze_encoder: bool = field(default=False, metadata={"help": "keep the Whisper encoder frozen"})
     er_weight: float = field(default=1.0, metadata={"help": "weight of the emotion-classification loss"})
+    head_learning_rate: float | None = field(default=None, metadata={"help": "own learning rate for the emotion head"})
     augment: bool = field(default=False, metadata={"help": "noise/gain/reverb/filter augmentation of training audio"})
     trained_weights_output: str | None = field(default=None, metadata={"help": "also save only the trained weights here"})
     dtype: str | None = None
@@ -62,7 +63,7 @@ def train_emotion(arguments: EmotionAlignmentArguments, training: TrainingArgume
     trainer = EmotionAlignmentTrainer(
         model=trained, args=training, train_dataset=train_records,
         eval_dataset=load_targets(arguments.eval_targets) if arguments.eval_targets else None,
-        data_collator=collator, er_weight=arguments.er_weight,
+        data_collator=collator, er_weight=arguments.er_weight, head_learning_rate=arguments.head_learning_rate,
         eval_data_collator=SpeechContinuationCollator(
             processor, EMOTION_CONTINUATION_INSTRUCTION, label2id=model.config.label2id
         ),

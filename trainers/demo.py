@@ -47,16 +47,19 @@ class DemoSettings:
     num_sentences: int = 40
     voices_per_sentence: int = 2
     engines: list[str] | None = None
+    piper_noise: bool = True  # False: deterministic Piper audio (Piper's noise cannot be seeded)
     max_new_tokens: int = 32
     batch_size: int = 8
-    stage1_steps: int = 60
+    stage1_steps: int = 40
     stage1_learning_rate: float = 2e-3
-    stage2_steps: int = 80
+    stage2_steps: int = 120
     stage2_learning_rate: float = 5e-4
     emotion_loss_weight: float = 2.0
     head_learning_rate: float = 5e-3
     emotion_demonstrations: bool = True
     lora_rank: int = 8
+    test_fraction: float = 0.15  # of the sentences (their clips are also spoken by held-out voices)
+    bf16: bool = True  # bfloat16 autocast while training (about 1.4x faster on CPUs with AVX512-BF16)
     eval_clips: int | None = None  # test clips to evaluate (None: all)
     cascade: bool = True
     seed: int = 0
@@ -126,6 +129,7 @@ class Demo:
         synthesize_corpus(
             self.path("corpus"), num_sentences=self.settings.num_sentences, seed=self.settings.seed,
             engines=self.settings.engines, voices_per_sentence=self.settings.voices_per_sentence,
+            piper_noise=self.settings.piper_noise, test_fraction=self.settings.test_fraction,
         )
 
     def write_targets(self, folder: str, rows: list[dict], prompt, demonstration=None) -> None:
@@ -163,7 +167,7 @@ class Demo:
             per_device_train_batch_size=self.settings.batch_size, per_device_eval_batch_size=self.settings.batch_size,
             warmup_steps=max(1, steps // 10), lr_scheduler_type="cosine", logging_steps=max(1, steps // 20),
             save_steps=max(1, steps // 4), save_total_limit=1, report_to=[], remove_unused_columns=False,
-            use_cpu=True, seed=self.settings.seed, dataloader_num_workers=0, disable_tqdm=False,
+            use_cpu=True, bf16=self.settings.bf16, seed=self.settings.seed, dataloader_num_workers=0,
         )
 
     def train(self, trainer, name: str) -> None:

@@ -34,12 +34,15 @@ SMOLLM2_135M = dict(
 AUDIO_TOKEN_ID = SMOLLM2_135M["vocab_size"] - 1  # stands in for the placeholder token the builder adds
 
 
-def build_model(audio_padding: str = "longest", llm_layers: int = 30, seed: int = 0) -> BlspEmoForConditionalGeneration:
-    """A randomly initialised BLSP-Emo model of the benchmark sizes (`llm_layers` LLM blocks), in eval mode."""
+def build_model(
+    audio_padding: str = "longest", llm_layers: int = 30, seed: int = 0, vocab_size: int | None = None
+) -> BlspEmoForConditionalGeneration:
+    """A randomly initialised BLSP-Emo model of the benchmark sizes (`llm_layers` LLM blocks, optionally
+    another vocabulary size; the audio token stays id 49151), in eval mode."""
     torch.manual_seed(seed)
     config = BlspEmoConfig(
         audio_config=WHISPER_TINY,
-        text_config=dict(SMOLLM2_135M, num_hidden_layers=llm_layers),
+        text_config=dict(SMOLLM2_135M, num_hidden_layers=llm_layers, vocab_size=vocab_size or SMOLLM2_135M["vocab_size"]),
         audio_token_id=AUDIO_TOKEN_ID,
         audio_padding=audio_padding,
     )

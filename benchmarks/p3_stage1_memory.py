@@ -3,7 +3,7 @@ full-vocabulary logits and log-softmax at every position (the original release's
 
 Each variant runs in its own process and reports its peak resident memory (`ru_maxrss`), so the
 two do not share an allocator. Random weights: Whisper-tiny-shaped encoder, SmolLM2-135M-shaped LLM
-(49,152-token vocabulary).
+(49,152-token vocabulary, or `--vocab-size 151936` for Qwen's, as in the release).
 
     python benchmarks/p3_stage1_memory.py --batch-size 8 --target-tokens 48
 """
@@ -17,14 +17,14 @@ import sys
 import torch
 
 
-def one_step(variant: str, batch_size: int, target_tokens: int, seconds: float) -> dict:
+def one_step(variant: str, batch_size: int, target_tokens: int, seconds: float, vocab_size: int) -> dict:
     from p1_encoder_padding import AUDIO_TOKEN_ID, build_model, clip_features
 
     from modeling_blsp_emo import num_speech_embeddings
     from trainers.semantic_alignment import distillation_kl, predicting_positions
 
     torch.manual_seed(0)
-    model = build_model()
+    model = build_model(vocab_size=vocab_size)
     model.train()
     for name, parameter in model.named_parameters():
         parameter.requires_grad_(name.startswith("model.adapter."))
@@ -71,19 +71,21 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--target-tokens", type=int, default=48)
     parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--vocab-size", type=int, default=49152, help="151936 = Qwen's, as in the release")
     parser.add_argument("--variant", choices=["sliced", "full"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.variant:
-        print(json.dumps(one_step(args.variant, args.batch_size, args.target_tokens, args.seconds)))
+        print(json.dumps(one_step(args.variant, args.batch_size, args.target_tokens, args.seconds, args.vocab_size)))
         return
     results = {}
     for variant in ("sliced", "full"):
         command = [sys.executable, __file__, "--variant", variant, "--batch-size", str(args.batch_size),
-                   "--target-tokens", str(args.target_tokens), "--seconds", str(args.seconds)]
+                   "--target-tokens", str(args.target_tokens), "--seconds", str(args.seconds),
+                   "--vocab-size", str(args.vocab_size)]
         output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
         results[variant] = json.loads(output.strip().splitlines()[-1])
     print(f"stage-1 step, batch {args.batch_size}, {args.target_tokens} target tokens, {args.seconds:g} s clips, "
-          f"vocabulary 49152, torch {torch.__version__}")
+          f"vocabulary {args.vocab_size}, torch {torch.__version__}")
     print(f"{'logits':<28}{'peak RSS MiB':>14}{'step growth MiB':>17}")
     for variant, label in (("sliced", "sliced (KL positions only)"), ("full", "full vocab, every position")):
         print(f"{label:<28}{results[variant]['peak_mib']:>14.0f}{results[variant]['step_mib']:>17.0f}")

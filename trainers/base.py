@@ -6,7 +6,7 @@ from collections.abc import Iterable
 
 import safetensors.torch
 import torch
-from transformers import Trainer
+from transformers import HfArgumentParser, Trainer, TrainingArguments
 
 TRAINED_WEIGHTS_NAME = "trained_weights.safetensors"
 
@@ -92,3 +92,10 @@ def load_trained_weights(model: torch.nn.Module, directory: str) -> None:
     if unexpected:
         raise ValueError(f"{path}: weights {sorted(unexpected)[:3]} do not exist in the model")
     model.load_state_dict(tensors, strict=False)
+
+
+def parse_training_command(arguments_class: type, argv) -> tuple:
+    """`(arguments, TrainingArguments)` from a training command's argv (HfArgumentParser)."""
+    arguments, training = HfArgumentParser((arguments_class, TrainingArguments)).parse_args_into_dataclasses(list(argv))
+    training.remove_unused_columns = False  # the collators read every field of an example
+    return arguments, training

@@ -3,16 +3,15 @@
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from transformers import HfArgumentParser, TrainingArguments
+from transformers import TrainingArguments
 
 from modeling_blsp_emo.prompts import EMOTION_CONTINUATION_INSTRUCTION
 from processing.augmentation import EmotionSafeAugmentation
 from processing.collators import SpeechContinuationCollator
 from processing.target_generation import load_targets
 
-from .base import save_trained_weights
+from .base import parse_training_command, save_trained_weights
 from .builder import save_checkpoint
 from .emotion_alignment import EmotionAlignmentTrainer, LoraSettings, finalize, prepare_for_emotion_alignment
 from .loading import load_blsp_emo
@@ -77,8 +76,5 @@ def train_emotion(arguments: EmotionAlignmentArguments, training: TrainingArgume
 
 
 def main(argv: Sequence[str]) -> int:
-    parser = HfArgumentParser((EmotionAlignmentArguments, TrainingArguments))
-    arguments, training = parser.parse_args_into_dataclasses(list(argv))
-    training.remove_unused_columns = False
-    train_emotion(arguments, training)
+    train_emotion(*parse_training_command(EmotionAlignmentArguments, argv))
     return 0

@@ -4,12 +4,13 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from transformers import HfArgumentParser, TrainingArguments
+from transformers import TrainingArguments
 
 from modeling_blsp_emo.prompts import SEMANTIC_TARGET_INSTRUCTION
 from processing.collators import SpeechContinuationCollator
 from processing.target_generation import load_targets
 
+from .base import parse_training_command
 from .builder import save_checkpoint
 from .loading import load_blsp_emo
 from .semantic_alignment import SemanticAlignmentTrainer
@@ -49,8 +50,5 @@ def train_semantic(arguments: SemanticAlignmentArguments, training: TrainingArgu
 
 
 def main(argv: Sequence[str]) -> int:
-    parser = HfArgumentParser((SemanticAlignmentArguments, TrainingArguments))
-    arguments, training = parser.parse_args_into_dataclasses(list(argv))
-    training.remove_unused_columns = False
-    train_semantic(arguments, training)
+    train_semantic(*parse_training_command(SemanticAlignmentArguments, argv))
     return 0

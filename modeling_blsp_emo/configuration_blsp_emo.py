@@ -10,10 +10,6 @@ from .version import __version__
 # The release's label order (ids 0..4); checkpoints trained on other data store their own.
 DEFAULT_EMOTIONS = ("neutral", "happy", "angry", "sad", "surprise")
 
-# Attributes of a text config that change logits beyond `lm_head(hidden)`, with the value that
-# means "no change".
-LOGIT_TRANSFORM_ATTRIBUTES = {"final_logit_softcapping": None, "logit_scale": 1.0, "logits_scaling": 1.0}
-
 
 class BlspEmoConfig(PreTrainedConfig):
     r"""

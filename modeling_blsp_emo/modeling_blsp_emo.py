@@ -16,7 +16,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from .adapter import SpeechAdapter, length_mask
-from .configuration_blsp_emo import LOGIT_TRANSFORM_ATTRIBUTES, BlspEmoConfig
+from .configuration_blsp_emo import BlspEmoConfig
 from .masked_lora import MaskedLoraLinear, add_masked_lora, check_lora_mask_reached_blocks
 from .pipeline_blsp_emo import AudioToTextPipeline  # imported so that checkpoints ship the pipeline
 from .speech_encoder import check_input_features, encode_padded_to_30s, encode_variable_length

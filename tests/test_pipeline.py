@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 import soundfile
-import torch
 from transformers import AutoModel, pipeline
 
 from conftest import noise

@@ -11,7 +11,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from transformers import TrainingArguments
@@ -65,7 +65,6 @@ class DemoSettings:
     eval_clips: int | None = None  # test clips to evaluate (None: all)
     cascade: bool = True
     seed: int = 0
-    timings: dict = field(default_factory=dict)
 
     @classmethod
     def quick(cls, output: str, **overrides) -> "DemoSettings":
@@ -222,7 +221,3 @@ class Demo:
         from .demo_report import write_report
 
         write_report(self)
-
-
-def settings_dict(settings: DemoSettings) -> dict:
-    return {key: value for key, value in asdict(settings).items() if key != "timings"}

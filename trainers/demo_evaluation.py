@@ -15,7 +15,7 @@ from .ser_evaluation import (
     cascade_predictions,
     plot_confusion,
     predict_emotions,
-    retrieval_predictions,
+    target_retrieval,
     ser_metrics,
     write_jsonl,
 )
@@ -60,27 +60,15 @@ def evaluate_demo(demo) -> None:
         labels = model.config.emotion_labels
         results["chance"] = 1 / len(labels)
         predictions = predict_emotions(model, processor, [row["audio"] for row in rows], demo.settings.batch_size)
-        examples = [
-            {"audio": row["audio"], "emotion": row["emotion"],
-             "candidates": {label: targets[(row["text"], label)] for label in labels if (row["text"], label) in targets}}
-            for row in rows
-        ]
-        usable = [i for i, example in enumerate(examples) if len(example["candidates"]) == len(labels)]
-        retrieved = retrieval_predictions(model, processor, [examples[i] for i in usable])
-        distinct = [i for i, result in zip(usable, retrieved) if not result["ambiguous"]]
-        by_index = dict(zip(usable, retrieved))
+        retrieved, retrieval = target_retrieval(model, processor, rows, targets)
         results[name] = {
             "generative": ser_metrics([p["parsed"] for p in predictions], truth, labels),
             "head": ser_metrics([p["head"] for p in predictions], truth, labels),
-            "retrieval": {
-                "accuracy": sum(by_index[i]["retrieved"] == truth[i] for i in distinct) / max(len(distinct), 1),
-                "clips": len(distinct),
-                "left_out_identical_targets": len(usable) - len(distinct),
-            },
+            "retrieval": retrieval,
         }
         write_jsonl(folder / f"{name}_predictions.jsonl", [
-            {**row, **prediction, **({"retrieval": by_index[i]} if i in by_index else {})}
-            for i, (row, prediction) in enumerate(zip(rows, predictions))
+            {**row, **prediction, **({"retrieval": result} if result else {})}
+            for row, prediction, result in zip(rows, predictions, retrieved)
         ])
         for kind in ("head", "generative"):
             plot_confusion(results[name][kind]["confusion_matrix"], labels, folder / f"{name}_{kind}_confusion.png",

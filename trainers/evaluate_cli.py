@@ -35,7 +35,7 @@ def run_evaluate_ser(args: argparse.Namespace) -> int:
     from processing.target_generation import load_targets
 
     from .loading import load_blsp_emo
-    from .ser_evaluation import plot_confusion, predict_emotions, retrieval_predictions, ser_metrics, write_jsonl
+    from .ser_evaluation import plot_confusion, predict_emotions, ser_metrics, target_retrieval, write_jsonl
 
     model, processor = load_blsp_emo(args.model, args.dtype)
     model.eval()
@@ -58,13 +58,7 @@ def run_evaluate_ser(args: argparse.Namespace) -> int:
     }
     if args.targets:
         targets = {(r["text"], r["emotion"]): r["target"] for r in load_targets(args.targets)}
-        examples = [{"audio": row["audio"], "emotion": row["emotion"],
-                     "candidates": {label: targets.get((row["text"], label)) for label in labels}} for row in rows]
-        complete = [e for e in examples if None not in e["candidates"].values()]
-        retrieved = retrieval_predictions(model, processor, complete)
-        distinct = [(e, r) for e, r in zip(complete, retrieved) if not r["ambiguous"]]
-        metrics["retrieval"] = {"accuracy": sum(r["retrieved"] == e["emotion"] for e, r in distinct) / max(len(distinct), 1),
-                                "clips": len(distinct)}
+        metrics["retrieval"] = target_retrieval(model, processor, rows, targets)[1]
     write_jsonl(output / "predictions.jsonl", [{"emotion": t, **p} for t, p in zip(truth, predictions)])
     for kind in ("head", "generative"):
         plot_confusion(metrics[kind]["confusion_matrix"], labels, output / f"confusion_{kind}.png", kind)

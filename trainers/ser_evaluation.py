@@ -125,6 +125,34 @@ def retrieval_predictions(
     return results
 
 
+def target_retrieval(
+    model: BlspEmoForConditionalGeneration,
+    processor: BlspEmoProcessor,
+    rows: Sequence[dict],
+    targets: dict[tuple[str, str], str],
+) -> tuple[list[dict | None], dict]:
+    """Retrieval over clips (`audio`, `text`, `emotion`) whose sentence has a target for every
+    label in `targets` ({(text, emotion): target}). Returns per-row results (None where a target is
+    missing) and `{"accuracy", "clips", "left_out_identical_targets"}`."""
+    labels = model.config.emotion_labels
+    usable = [i for i, row in enumerate(rows) if all((row["text"], label) in targets for label in labels)]
+    examples = [
+        {"audio": rows[i]["audio"], "emotion": rows[i]["emotion"],
+         "candidates": {label: targets[(rows[i]["text"], label)] for label in labels}}
+        for i in usable
+    ]
+    per_row: list[dict | None] = [None] * len(rows)
+    for i, result in zip(usable, retrieval_predictions(model, processor, examples)):
+        per_row[i] = result
+    distinct = [i for i in usable if not per_row[i]["ambiguous"]]
+    summary = {
+        "accuracy": sum(per_row[i]["retrieved"] == rows[i]["emotion"] for i in distinct) / max(len(distinct), 1),
+        "clips": len(distinct),
+        "left_out_identical_targets": len(usable) - len(distinct),
+    }
+    return per_row, summary
+
+
 @torch.inference_mode()
 def cascade_predictions(
     transcribe, model, tokenizer, clips: Sequence, labels: Sequence[str], batch_size: int = 8

@@ -261,6 +261,25 @@ class BlspEmoForConditionalGeneration(BlspEmoPreTrainedModel, GenerationMixin):
             suppressed = set(self.generation_config.suppress_tokens or ()) | {config.audio_token_id}
             self.generation_config.suppress_tokens = sorted(suppressed)
 
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """Load as usual, but refuse weights that do not fit the config's LoRA layout (e.g.
+        `lora_scope="audio"` given for a checkpoint saved without LoRA), which transformers would
+        otherwise meet with a warning and randomly initialised LLM weights."""
+        return_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
+        missing_base = [key for key in info["missing_keys"] if ".base_layer." in key]
+        unused_lora = [key for key in info["unexpected_keys"] if ".lora_A." in key or ".lora_B." in key]
+        if missing_base or unused_lora:
+            found = "has no" if missing_base else "has"
+            example = (missing_base or unused_lora)[0]
+            raise ValueError(
+                f"the checkpoint {found} audio-scope LoRA weights but the config says lora_scope="
+                f"{model.config.lora_scope!r} (e.g. {example!r}); load it with its own config, then call "
+                "`add_audio_lora(...)` to add fresh LoRA"
+            )
+        return (model, info) if return_info else model
+
     def save_pretrained(self, save_directory, *args, **kwargs):
         """Save as usual, registering the `audio-to-text` pipeline that the checkpoint's code carries."""
         self.config.custom_pipelines = {

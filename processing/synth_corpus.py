@@ -41,8 +41,14 @@ DEFAULT_VOICES = (
     Voice("flite", "rms", weight=2.0),
     Voice("flite", "awb", weight=2.0),
     Voice("flite", "kal16", weight=0.75),
+    Voice("flite", "kal", weight=0.75),
     Voice("espeak-ng", "en-us+m3", weight=0.75),
     Voice("espeak-ng", "en-us+f2", weight=0.5),
+    Voice("espeak-ng", "en-us+f4", weight=0.5),
+    Voice("espeak-ng", "en-us+m7", weight=0.5),
+    Voice("espeak-ng", "en-gb+f1", weight=0.5),
+    Voice("espeak-ng", "en-gb-scotland+m5", weight=0.5),
+    Voice("espeak-ng", "en-029+f3", weight=0.5),
     Voice("espeak-ng", "en-gb-x-rp+m1", weight=0.5),
 )
 # Held out of train and validation. Piper has a single voice, which has to stay in training.
@@ -192,7 +198,7 @@ def synthesize_corpus(
     engines: Iterable[str] | None = None,
     voices: Sequence[Voice] = DEFAULT_VOICES,
     test_voices: Iterable[str] = DEFAULT_TEST_VOICES,
-    voices_per_sentence: int = 2,
+    voices_per_sentence: int = 4,
     emotions: Sequence[str] = EMOTIONS,
     validation_fraction: float = 0.1,
     test_fraction: float = 0.1,

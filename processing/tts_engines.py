@@ -62,12 +62,15 @@ class EmotionProsody:
 # Classic acoustic correlates of emotion (Scherer 2003; Murray & Arnott 1993): happy is higher,
 # livelier and faster; angry loud, fast and tense; sad low, flat, slow and quiet; surprise very
 # high with a rising end. Strong enough to separate, mild enough to keep the words intelligible.
+# Pitch is relative to each voice, so to an unseen voice it says little on its own; the level is
+# the one cue that holds across voices. Levels are therefore at least 4 dB apart (twice the ±1.5 dB
+# jitter) and low enough that the 0.97 peak limit of `set_level` seldom lowers them.
 PROSODY = {
-    "neutral": EmotionProsody(),
-    "happy": EmotionProsody(pitch_cents=300, range_factor=1.5, rate=1.12, level_dbfs=-20.0),
-    "angry": EmotionProsody(pitch_cents=100, range_factor=1.3, rate=1.15, level_dbfs=-16.0, tension=1.0),
-    "sad": EmotionProsody(pitch_cents=-250, range_factor=0.5, rate=0.78, level_dbfs=-31.0, tremolo=0.12),
-    "surprise": EmotionProsody(pitch_cents=500, range_factor=1.4, rate=1.0, level_dbfs=-21.0, final_rise_cents=500),
+    "neutral": EmotionProsody(level_dbfs=-30.0),
+    "happy": EmotionProsody(pitch_cents=300, range_factor=1.5, rate=1.12, level_dbfs=-22.0),
+    "angry": EmotionProsody(pitch_cents=100, range_factor=1.3, rate=1.15, level_dbfs=-17.0, tension=1.0),
+    "sad": EmotionProsody(pitch_cents=-250, range_factor=0.5, rate=0.78, level_dbfs=-36.0, tremolo=0.12),
+    "surprise": EmotionProsody(pitch_cents=500, range_factor=1.4, rate=1.0, level_dbfs=-26.0, final_rise_cents=500),
 }
 
 _FINAL_RISE_SECONDS = 0.45

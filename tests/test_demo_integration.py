@@ -1,7 +1,7 @@
 """The demo on the real embedded default (bundled Whisper tiny.en + SmolLM2-135M) and its synthetic
 corpus, at the default size: stage 1 brings the speech model closer to the LLM reading the
-transcript, and stage 2 learns emotion that it recognises in held-out voices. About 18 minutes on 2
-CPU cores."""
+transcript, and stage 2 learns emotion that it recognises in held-out voices, in its emotion head and
+in its own continuations. About 18 minutes on 2 CPU cores."""
 
 import json
 
@@ -25,14 +25,26 @@ def test_stage1_reduces_held_out_kl(results):
 
 
 def test_stage2_is_evaluated_on_every_held_out_clip(results):
-    # Accuracy is reported, not asserted: at this budget stage 2's emotion learning is unstable
-    # (55 % in one run, chance in others; see the README's demo results and issue notes).
     for model in ("stage2", "stage1_only"):
         for kind in ("head", "generative"):
             matrix = results[model][kind]["confusion_matrix"]
             assert sum(map(sum, matrix)) + results[model][kind]["unanswered"] == results["test_clips"]
     retrieval = results["stage2"]["retrieval"]
     assert retrieval["clips"] + retrieval["left_out_identical_targets"] <= results["test_clips"]
+
+
+def test_stage2_emotion_head_recognises_held_out_voices(results):
+    stage2, stage1 = results["stage2"]["head"]["accuracy"], results["stage1_only"]["head"]["accuracy"]
+    # 70 % and 97.5 % in two runs of this size; the project's aim of 80 % is not met by every run.
+    assert stage2 >= 0.6 and stage2 > stage1 + 0.3, (stage2, stage1)
+
+
+def test_stage2_continuations_follow_the_voice(results):
+    # The sentence-normalized measure: the plain one is dominated by how likely each of the LLM's
+    # continuations is in itself (it stays at chance here; the README explains).
+    stage2, stage1 = (results[m]["retrieval"] for m in ("stage2", "stage1_only"))
+    assert stage2["clips"] >= 10
+    assert stage2["normalized_accuracy"] >= 0.5 and stage2["normalized_accuracy"] > stage1["normalized_accuracy"], (stage2, stage1)
 
 
 def test_report_and_fresh_process_reload(results, tmp_path_factory):

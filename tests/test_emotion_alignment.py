@@ -236,12 +236,16 @@ def test_emotion_demonstration_is_shown_before_the_request(processor, tmp_path):
     assert rendered[1][2]["content"] == EMOTION_DEMONSTRATIONS["happy"][1]
 
 
-def test_emotion_head_can_have_its_own_learning_rate(processor, records, tmp_path):
-    model = prepare_for_emotion_alignment(tiny_model(), LoraSettings(scope="audio", rank=2))
+@pytest.mark.parametrize("scope", ["audio", "global"])
+def test_emotion_head_and_encoder_can_have_their_own_learning_rates(processor, records, tmp_path, scope):
+    model = prepare_for_emotion_alignment(tiny_model(), LoraSettings(scope=scope, rank=2))
     trainer = trainer_for(model, records, processor, tmp_path)
-    trainer.head_learning_rate = 0.05
+    trainer.head_learning_rate, trainer.encoder_learning_rate = 0.05, 1e-5
     optimizer = trainer.create_optimizer()
-    head = {id(p) for p in model.emotion_head.parameters()}
-    groups = {tuple(id(p) for p in group["params"]): group["lr"] for group in optimizer.param_groups}
-    assert groups[tuple(head)] == 0.05
-    assert all(lr == 1e-3 for params, lr in groups.items() if params != tuple(head))
+    rates = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
+    base = model.base_model.model if scope == "global" else model
+    assert {rates[id(p)] for p in base.emotion_head.parameters()} == {0.05}
+    assert {rates[id(p)] for p in base.model.audio_encoder.parameters()} == {1e-5}
+    others = [p for name, p in model.named_parameters() if p.requires_grad and "emotion_head" not in name and "audio_encoder" not in name]
+    assert others and {rates[id(p)] for p in others} == {1e-3}
+    assert len(rates) == sum(p.requires_grad for p in model.parameters())

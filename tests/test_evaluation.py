@@ -134,3 +134,32 @@ def test_evaluate_ser_command_writes_predictions_metrics_and_plots(saved_checkpo
     predictions = [json.loads(line) for line in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()]
     assert [p["emotion"] for p in predictions] == ["sad", "angry", "happy"]
     assert (tmp_path / "out" / "confusion_head.png").is_file()
+
+
+def test_normalized_retrieval_removes_how_likely_each_text_is_in_itself(monkeypatch):
+    from types import SimpleNamespace
+
+    import trainers.ser_evaluation as ser_evaluation
+
+    # "sad day" is the likeliest text for every clip; the voices move the scores around it.
+    scores = {
+        "a.wav": {"neutral": -3.0, "happy": -2.6, "angry": -3.0, "sad": -1.0, "surprise": -3.0},
+        "b.wav": {"neutral": -3.0, "happy": -2.0, "angry": -3.0, "sad": -1.4, "surprise": -3.0},
+        "c.wav": {"neutral": -3.0, "happy": -2.0, "angry": -3.0, "sad": -0.9, "surprise": -3.0},
+    }
+
+    def scripted(model, processor, examples):
+        return [{"retrieved": max(scores[e["audio"]], key=scores[e["audio"]].get), "scores": scores[e["audio"]],
+                 "ambiguous": False} for e in examples]
+
+    monkeypatch.setattr(ser_evaluation, "retrieval_predictions", scripted)
+    model = SimpleNamespace(config=SimpleNamespace(emotion_labels=LABELS))
+    targets = {(text, label): f"{text} {label}" for text in ("one", "two") for label in LABELS}
+    rows = [{"audio": "a.wav", "text": "one", "emotion": "sad"}, {"audio": "b.wav", "text": "one", "emotion": "happy"},
+            {"audio": "c.wav", "text": "two", "emotion": "sad"}, {"audio": "d.wav", "text": "three", "emotion": "sad"}]
+    per_row, summary = ser_evaluation.target_retrieval(model, None, rows, targets)
+    assert [r["retrieved"] for r in per_row[:3]] == ["sad", "sad", "sad"] and per_row[3] is None
+    assert per_row[0]["retrieved_normalized"] == "sad" and per_row[1]["retrieved_normalized"] == "happy"
+    assert summary["clips"] == 3 and summary["accuracy"] == pytest.approx(2 / 3)
+    # a sentence heard once has nothing to normalize against: its scores centre to zero (a miss here)
+    assert summary["normalized_accuracy"] == pytest.approx(2 / 3)

@@ -135,6 +135,17 @@ def test_audio_scope_lora_weights_are_saved_and_reloaded(text_model_type, tmp_pa
         assert torch.equal(model(**batch).logits, reloaded(**batch).logits)
 
 
+def test_loading_with_a_lora_layout_the_weights_lack_is_refused(tmp_path):
+    tiny_model().save_pretrained(tmp_path / "plain")
+    with pytest.raises(ValueError, match="has no audio-scope LoRA weights.*add_audio_lora"):
+        BlspEmoForConditionalGeneration.from_pretrained(tmp_path / "plain", lora_scope="audio")
+    audio_lora_model("qwen2").save_pretrained(tmp_path / "lora")
+    with pytest.raises(ValueError, match="has audio-scope LoRA weights but the config says lora_scope=None"):
+        BlspEmoForConditionalGeneration.from_pretrained(tmp_path / "lora", lora_scope=None)
+    _, info = BlspEmoForConditionalGeneration.from_pretrained(tmp_path / "lora", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+
+
 def test_lora_target_modules_limit_the_wrapped_layers():
     model = tiny_model(lora_scope="audio", lora_target_modules=["q_proj", "v_proj"])
     wrapped = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, MaskedLoraLinear)}

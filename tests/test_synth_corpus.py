@@ -68,7 +68,7 @@ def test_split_sentences_is_seeded_disjoint_and_holds_out_each_split():
 
 
 def test_plan_keeps_test_voices_out_of_train_and_validation():
-    clips = plan_clips(split_sentences(60, 0, 0.1, 0.1), DEFAULT_VOICES, DEFAULT_TEST_VOICES, 2, EMOTIONS, 0, "flac")
+    clips = plan_clips(split_sentences(60, 0, 0.1, 0.1), DEFAULT_VOICES, DEFAULT_TEST_VOICES, 4, EMOTIONS, 0, "flac")
     speakers = defaultdict(set)
     for clip in clips:
         speakers[clip.split].add(clip.voice.speaker)
@@ -77,7 +77,9 @@ def test_plan_keeps_test_voices_out_of_train_and_validation():
     per_engine = defaultdict(int)
     for clip in clips:
         per_engine[clip.voice.engine] += 1
-    assert per_engine["piper"] + per_engine["flite"] > 0.75 * len(clips)
+    # The intelligible engines carry most of the clips; espeak-ng adds many voices at low weight.
+    assert per_engine["piper"] + per_engine["flite"] > 0.6 * len(clips)
+    assert per_engine["espeak-ng"] > 0.2 * len(clips)
 
 
 def test_word_errors_after_normalisation():

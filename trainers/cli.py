@@ -141,6 +141,8 @@ def run_demo(args: argparse.Namespace) -> int:
     print(f"report: {Path(args.output) / 'report.md'}")
     print(f"emotion head accuracy  stage 2 {stage2['head']['accuracy']:.1%}  stage 1 only {stage1['head']['accuracy']:.1%}")
     print(f"target retrieval       stage 2 {stage2['retrieval']['accuracy']:.1%}  stage 1 only {stage1['retrieval']['accuracy']:.1%}")
+    print(f"  normalized           stage 2 {stage2['retrieval']['normalized_accuracy']:.1%}  "
+          f"stage 1 only {stage1['retrieval']['normalized_accuracy']:.1%}")
     print(f"SER query answers      stage 2 {stage2['generative']['accuracy']:.1%}  stage 1 only {stage1['generative']['accuracy']:.1%}")
     return 0
 
@@ -179,7 +181,7 @@ def run_synth_corpus(args: argparse.Namespace) -> int:
 
     report = synthesize_corpus(
         args.output, num_sentences=args.num_sentences, seed=args.seed, workers=args.workers, engines=args.engines,
-        audio_format=args.format, piper_noise=not args.no_piper_noise,
+        audio_format=args.format, piper_noise=not args.no_piper_noise, voices_per_sentence=args.voices_per_sentence,
     )
     print(f"{sum(report['clips'].values())} clips ({report['synthesized']} new) in {args.output}: {report['clips']}")
     print(stats_table(measure_corpus(report["manifests"].values())))
@@ -209,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--num-sentences", dest="num_sentences", type=int)
     demo.add_argument("--stage1-steps", dest="stage1_steps", type=int)
     demo.add_argument("--stage2-steps", dest="stage2_steps", type=int)
+    demo.add_argument("--voices-per-sentence", dest="voices_per_sentence", type=int)
     demo.add_argument("--batch-size", dest="batch_size", type=int)
     demo.add_argument("--eval-clips", dest="eval_clips", type=int)
     demo.add_argument("--engines", nargs="+", help="TTS engines for the corpus (piper flite espeak-ng)")
@@ -222,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     corpus.add_argument("--num-sentences", type=int, help="how many of the built-in sentences (default all 300)")
     corpus.add_argument("--seed", type=int, default=0)
     corpus.add_argument("--workers", type=int, default=2)
+    corpus.add_argument("--voices-per-sentence", type=int, default=4, help="voices speaking each sentence (test: its held-out voices)")
     corpus.add_argument("--engines", nargs="+", choices=["piper", "flite", "espeak-ng"], help="default: all")
     corpus.add_argument("--format", choices=["flac", "wav"], default="flac")
     corpus.add_argument("--no-piper-noise", action="store_true", help="deterministic Piper audio (less varied)")

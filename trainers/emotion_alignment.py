@@ -91,24 +91,39 @@ class EmotionAlignmentTrainer(AlignmentTrainer):
     """`Trainer` for stage 2. Batches come from `SpeechContinuationCollator(label2id=...)`; the loss
     is `lm_loss + er_weight * emotion_loss`; logs both and the emotion head's accuracy."""
 
-    def __init__(self, *args, er_weight: float = 1.0, head_learning_rate: float | None = None, **kwargs):
+    def __init__(
+        self,
+        *args,
+        er_weight: float = 1.0,
+        head_learning_rate: float | None = None,
+        encoder_learning_rate: float | None = None,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
         self.er_weight = er_weight
         self.head_learning_rate = head_learning_rate
+        self.encoder_learning_rate = encoder_learning_rate
 
     def create_optimizer(self, *args, **kwargs):
-        """Optionally give the (small, freshly initialised) emotion head its own learning rate."""
-        if self.head_learning_rate is None or self.optimizer is not None:
+        """Optionally give the (small, freshly initialised) emotion head and the (pretrained, easily
+        disturbed) Whisper encoder their own learning rates; everything else uses `args.learning_rate`."""
+        own = {"emotion_head.": self.head_learning_rate, ENCODER[0]: self.encoder_learning_rate}
+        own = {prefix: rate for prefix, rate in own.items() if rate is not None}
+        if not own or self.optimizer is not None:
             return super().create_optimizer(*args, **kwargs)
         model = self.accelerator.unwrap_model(self.model)
-        head, rest = [], []
+        groups = {prefix: [] for prefix in [*own, None]}
         for name, parameter in model.named_parameters():
             if parameter.requires_grad:
-                (head if "emotion_head." in name else rest).append(parameter)
+                # peft prefixes names with "base_model.model."
+                prefix = next((p for p in own if f".{p}" in f".{name}"), None)
+                groups[prefix].append(parameter)
+        decay = self.args.weight_decay
         optimizer_class, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
         self.optimizer = optimizer_class(
-            [{"params": rest, "weight_decay": self.args.weight_decay},
-             {"params": head, "weight_decay": 0.0, "lr": self.head_learning_rate}],
+            [{"params": groups[None], "weight_decay": decay}]
+            + [{"params": groups[p], "lr": rate, "weight_decay": 0.0 if p == "emotion_head." else decay}
+               for p, rate in own.items() if groups[p]],
             **optimizer_kwargs,
         )
         return self.optimizer

@@ -66,7 +66,9 @@ def run_evaluate_ser(args: argparse.Namespace) -> int:
                "metrics": metrics["head"], "all": metrics}
     (output / "ser_metrics.json").write_text(json.dumps(summary, indent=2))
     for kind, values in metrics.items():
-        print(f"{kind:>10}: accuracy {values['accuracy']:.1%}" + (f"  UA {values['unweighted_accuracy']:.1%}" if "unweighted_accuracy" in values else ""))
+        extra = f"  UA {values['unweighted_accuracy']:.1%}" if "unweighted_accuracy" in values else ""
+        extra += f"  normalized per sentence {values['normalized_accuracy']:.1%}" if "normalized_accuracy" in values else ""
+        print(f"{kind:>10}: accuracy {values['accuracy']:.1%}{extra}")
     return 0
 
 

@@ -36,6 +36,9 @@ class EmotionAlignmentArguments:
     freeze_encoder: bool = field(default=False, metadata={"help": "keep the Whisper encoder frozen"})
     er_weight: float = field(default=1.0, metadata={"help": "weight of the emotion-classification loss"})
     head_learning_rate: float | None = field(default=None, metadata={"help": "own learning rate for the emotion head"})
+    encoder_learning_rate: float | None = field(
+        default=None, metadata={"help": "own learning rate for the Whisper encoder (lower than the LoRA/adapter one)"}
+    )
     augment: bool = field(default=False, metadata={"help": "noise/gain/reverb/filter augmentation of training audio"})
     trained_weights_output: str | None = field(default=None, metadata={"help": "also save only the trained weights here"})
     dtype: str | None = None
@@ -63,6 +66,7 @@ def train_emotion(arguments: EmotionAlignmentArguments, training: TrainingArgume
         model=trained, args=training, train_dataset=train_records,
         eval_dataset=load_targets(arguments.eval_targets) if arguments.eval_targets else None,
         data_collator=collator, er_weight=arguments.er_weight, head_learning_rate=arguments.head_learning_rate,
+        encoder_learning_rate=arguments.encoder_learning_rate,
         eval_data_collator=SpeechContinuationCollator(
             processor, EMOTION_CONTINUATION_INSTRUCTION, label2id=model.config.label2id
         ),

@@ -64,11 +64,12 @@ class EmotionProsody:
 # high with a rising end. Strong enough to separate, mild enough to keep the words intelligible.
 # Pitch is relative to each voice, so to an unseen voice it says little on its own; the level is
 # the one cue that holds across voices. Levels are therefore at least 4 dB apart (twice the ±1.5 dB
-# jitter) and low enough that the 0.97 peak limit of `set_level` seldom lowers them.
+# jitter; 8 dB between happy and angry, the pair most often confused) and low enough that the 0.97
+# peak limit of `set_level` seldom lowers them.
 PROSODY = {
     "neutral": EmotionProsody(level_dbfs=-30.0),
     "happy": EmotionProsody(pitch_cents=300, range_factor=1.5, rate=1.12, level_dbfs=-22.0),
-    "angry": EmotionProsody(pitch_cents=100, range_factor=1.3, rate=1.15, level_dbfs=-17.0, tension=1.0),
+    "angry": EmotionProsody(pitch_cents=100, range_factor=1.3, rate=1.15, level_dbfs=-14.0, tension=1.0),
     "sad": EmotionProsody(pitch_cents=-250, range_factor=0.5, rate=0.78, level_dbfs=-36.0, tremolo=0.12),
     "surprise": EmotionProsody(pitch_cents=500, range_factor=1.4, rate=1.0, level_dbfs=-26.0, final_rise_cents=500),
 }

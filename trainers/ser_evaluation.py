@@ -159,11 +159,12 @@ def target_retrieval(
         scores = np.array([[per_row[i]["scores"][label] for label in labels] for i in members])
         for i, row_scores in zip(members, scores - scores.mean(0)):
             per_row[i]["retrieved_normalized"] = labels[int(np.argmax(row_scores))]
+    def accuracy(key: str) -> float:
+        return sum(per_row[i][key] == rows[i]["emotion"] for i in distinct) / max(len(distinct), 1)
+
     summary = {
-        "accuracy": sum(per_row[i]["retrieved"] == rows[i]["emotion"] for i in distinct) / max(len(distinct), 1),
-        "normalized_accuracy": (
-            sum(per_row[i]["retrieved_normalized"] == rows[i]["emotion"] for i in distinct) / max(len(distinct), 1)
-        ),
+        "accuracy": accuracy("retrieved"),
+        "normalized_accuracy": accuracy("retrieved_normalized"),
         "clips": len(distinct),
         "left_out_identical_targets": len(usable) - len(distinct),
     }

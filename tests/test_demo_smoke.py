@@ -7,6 +7,7 @@ import soundfile
 
 from conftest import noise
 
+from processing.target_generation import load_targets
 from trainers.demo import Demo, DemoSettings
 
 EMOTIONS = ["neutral", "happy", "angry", "sad", "surprise"]
@@ -39,7 +40,10 @@ def test_demo_runs_end_to_end_and_resumes(pretrained_parts, noise_corpus, tmp_pa
     for model in ("stage2", "stage1_only"):
         assert 0 <= results[model]["head"]["accuracy"] <= 1
         assert results[model]["retrieval"]["clips"] + results[model]["retrieval"]["left_out_identical_targets"] == 5
+    test_targets = {r["target"] for r in load_targets(tmp_path / "demo" / "targets_stage2") if r["text"] == "good day today"}
+    assert results["writer_retrieval"]["sentences"] == int(len(test_targets) == 5)
     report = (tmp_path / "demo" / "report.md").read_text()
+    assert "the LLM that wrote them" in report
     assert "## Speech emotion recognition on held-out clips" in report and "transformers_modules" in report
     for image in ("stage1_curves.png", "stage2_curves.png", "eval/stage2_head_confusion.png"):
         assert (tmp_path / "demo" / image).stat().st_size > 0

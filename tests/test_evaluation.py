@@ -163,3 +163,42 @@ def test_normalized_retrieval_removes_how_likely_each_text_is_in_itself(monkeypa
     assert summary["clips"] == 3 and summary["accuracy"] == pytest.approx(2 / 3)
     # a sentence heard once has nothing to normalize against: its scores centre to zero (a miss here)
     assert summary["normalized_accuracy"] == pytest.approx(2 / 3)
+
+
+def test_reply_log_likelihoods_match_each_reply_scored_alone(processor):
+    import torch
+    from torch.nn import functional as F
+
+    from trainers.ser_evaluation import reply_log_likelihoods
+
+    model, tokenizer = tiny_model().eval(), processor.tokenizer
+    chat = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "continue: the dog"}]
+    replies = ["runs far away", "sleeps", "barks at the fox all day long"]
+    scores = reply_log_likelihoods(model, tokenizer, chat, replies)
+    prompt = tokenizer(tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True), add_special_tokens=False)["input_ids"]
+    for reply, score in zip(replies, scores):
+        ids = tokenizer(reply, add_special_tokens=False)["input_ids"]
+        with torch.inference_mode():
+            log_probs = F.log_softmax(model(input_ids=torch.tensor([prompt + ids])).logits[0].float(), -1)
+        expected = log_probs[len(prompt) - 1 : -1].gather(-1, torch.tensor(ids)[:, None]).mean().item()
+        assert score == pytest.approx(expected, abs=1e-4)
+
+
+def test_writer_retrieval_is_told_the_emotion_and_leaves_out_ambiguous_sentences(monkeypatch):
+    import trainers.ser_evaluation as ser_evaluation
+
+    def scripted(model, tokenizer, chat, candidates):
+        # a writer that finds the continuation naming the prompt's emotion likeliest, except that
+        # its "sad" text wins whenever the prompt says "surprise"
+        told = next(label for label in LABELS if f"'{label}'" in chat[-1]["content"])
+        wanted = "sad" if told == "surprise" else told
+        return [0.0 if text.endswith(wanted) else -1.0 for text in candidates]
+
+    monkeypatch.setattr(ser_evaluation, "reply_log_likelihoods", scripted)
+    targets = {(text, label): f"{text} {label}" for text in ("one", "two") for label in LABELS}
+    targets["two", "happy"] = targets["two", "sad"]  # two targets alike: sentence "two" cannot be used
+    prompt = lambda example: f"in a '{example['emotion']}' tone: {example['text']}"
+    result = ser_evaluation.writer_retrieval(None, None, targets, LABELS, ["one", "two", "one", "three"], prompt)
+    assert result["sentences"] == 1
+    assert result["accuracy"] == pytest.approx(4 / 5)
+    assert result["predictions"]["surprise"] == ["sad"] and result["predictions"]["happy"] == ["happy"]

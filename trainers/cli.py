@@ -143,6 +143,8 @@ def run_demo(args: argparse.Namespace) -> int:
     print(f"target retrieval       stage 2 {stage2['retrieval']['accuracy']:.1%}  stage 1 only {stage1['retrieval']['accuracy']:.1%}")
     print(f"  normalized           stage 2 {stage2['retrieval']['normalized_accuracy']:.1%}  "
           f"stage 1 only {stage1['retrieval']['normalized_accuracy']:.1%}")
+    writer = results["writer_retrieval"]
+    print(f"  the targets' writer, told the true emotion {writer['accuracy']:.1%} ({writer['sentences']} sentences)")
     print(f"SER query answers      stage 2 {stage2['generative']['accuracy']:.1%}  stage 1 only {stage1['generative']['accuracy']:.1%}")
     return 0
 

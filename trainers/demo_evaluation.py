@@ -8,16 +8,17 @@ import subprocess
 import sys
 
 from modeling_blsp_emo.prompts import EMOTION_CONTINUATION_INSTRUCTION
-from processing.target_generation import load_targets
+from processing.target_generation import emotion_demonstration, emotion_prompt, load_targets
 
 from .loading import load_blsp_emo
 from .ser_evaluation import (
     cascade_predictions,
     plot_confusion,
     predict_emotions,
-    target_retrieval,
     ser_metrics,
+    target_retrieval,
     write_jsonl,
+    writer_retrieval,
 )
 
 MODELS = {"stage2": "final", "stage1_only": "stage1"}
@@ -73,10 +74,22 @@ def evaluate_demo(demo) -> None:
         for kind in ("head", "generative"):
             plot_confusion(results[name][kind]["confusion_matrix"], labels, folder / f"{name}_{kind}_confusion.png",
                            f"{name}: {'emotion head' if kind == 'head' else 'answer to SER query'}")
+    results["writer_retrieval"] = writer_ceiling(demo, rows, targets)
     if demo.settings.cascade:
         results["cascade"] = cascade_baseline(demo, rows, truth)
     results["stage1_kl"] = json.loads(demo.path("stage1_eval.json").read_text())
     demo.path("results.json").write_text(json.dumps(results, indent=2))
+
+
+def writer_ceiling(demo, rows: list[dict], targets: dict[tuple[str, str], str]) -> dict:
+    """Retrieval by the LLM that wrote the targets, told each test sentence's true emotion: the most
+    that the targets let a speech model reach."""
+    model, processor = load_blsp_emo(str(demo.path("base")))
+    demonstration = emotion_demonstration if demo.settings.emotion_demonstrations else None
+    return writer_retrieval(
+        model.eval(), processor.tokenizer, targets, model.config.emotion_labels, [row["text"] for row in rows],
+        emotion_prompt, demonstration,
+    )
 
 
 def cascade_baseline(demo, rows: list[dict], truth: list[str]) -> dict:

@@ -4,7 +4,7 @@ continuations of a sentence the model finds most likely, given the speech)."""
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import evaluate
@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from modeling_blsp_emo import BlspEmoForConditionalGeneration, BlspEmoProcessor, load_audio
 from modeling_blsp_emo.prompts import EMOTION_CONTINUATION_INSTRUCTION, NEUTRAL_SYSTEM_PROMPT, ser_instruction
-from processing.collators import SpeechContinuationCollator
+from processing.collators import IGNORE_INDEX, SpeechContinuationCollator
 
 from .semantic_alignment import predicting_positions
 from .ser_metrics import SER_METRICS_PATH
@@ -85,6 +85,15 @@ def predict_emotions(
     return results
 
 
+def mean_response_log_probs(logits: torch.Tensor, labels: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Mean log-probability per labelled token of each row `(batch,)`. `logits` are those kept at
+    `positions` (rows' predicting positions, in order), as from `logits_to_keep=positions`."""
+    token_log_probs = F.log_softmax(logits.float(), -1).gather(-1, labels[:, 1:][positions[:, :-1]][:, None])[:, 0]
+    rows = positions.nonzero()[:, 0]
+    totals = torch.zeros(len(labels), device=logits.device).index_add(0, rows, token_log_probs)
+    return totals / positions.sum(1)
+
+
 @torch.inference_mode()
 def continuation_log_likelihoods(
     model: BlspEmoForConditionalGeneration, processor: BlspEmoProcessor, audio, candidates: Sequence[str]
@@ -97,11 +106,63 @@ def continuation_log_likelihoods(
     batch = {name: tensor.to(model.device) for name, tensor in batch.items()}
     labels = batch.pop("labels")
     positions = predicting_positions(labels)
-    logits = model(**batch, logits_to_keep=positions).logits
-    token_log_probs = F.log_softmax(logits.float(), -1).gather(-1, labels[:, 1:][positions[:, :-1]][:, None])[:, 0]
-    rows = positions.nonzero()[:, 0]
-    totals = torch.zeros(len(candidates), device=logits.device).index_add(0, rows, token_log_probs)
-    return (totals / positions.sum(1)).tolist()
+    return mean_response_log_probs(model(**batch, logits_to_keep=positions).logits, labels, positions).tolist()
+
+
+@torch.inference_mode()
+def reply_log_likelihoods(model, tokenizer, chat: list[dict], candidates: Sequence[str]) -> list[float]:
+    """Mean log-probability per token of each candidate as the assistant's reply to a text `chat`
+    (messages up to the last user turn), through the tokenizer's chat template."""
+    prompt = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    replies = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in candidates]
+    length = len(prompt_ids) + max(len(reply) for reply in replies)
+    input_ids = torch.full((len(replies), length), tokenizer.pad_token_id, dtype=torch.long)
+    labels = torch.full_like(input_ids, IGNORE_INDEX)
+    attention_mask = torch.zeros_like(input_ids)
+    for row, reply in enumerate(replies):
+        end = len(prompt_ids) + len(reply)
+        input_ids[row, :end] = torch.tensor(prompt_ids + reply)
+        labels[row, len(prompt_ids) : end] = torch.tensor(reply)
+        attention_mask[row, :end] = 1
+    input_ids, labels, attention_mask = (tensor.to(model.device) for tensor in (input_ids, labels, attention_mask))
+    positions = predicting_positions(labels)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+    return mean_response_log_probs(logits[positions], labels, positions).tolist()
+
+
+def writer_retrieval(
+    model,
+    tokenizer,
+    targets: dict[tuple[str, str], str],
+    labels: Sequence[str],
+    texts: Sequence[str],
+    prompt: Callable[[dict], str],
+    demonstration: Callable[[dict], list[dict]] | None = None,
+    system_prompt: str = NEUTRAL_SYSTEM_PROMPT,
+) -> dict:
+    """The ceiling of emotion-target retrieval that the targets allow: the LLM that wrote them, given
+    each sentence's transcript *and its true emotion* in the writing prompt, picks the most likely of
+    the sentence's targets. A writer that finds its own sad continuation likelier than its happy one
+    even when told the sentence is happy leaves no speech model a reason to do better.
+
+    Sentences of `texts` whose targets are missing for a label or not all different are left out.
+    Returns `{"accuracy", "sentences", "predictions": {emotion: [retrieved emotion per sentence]}}`."""
+    usable = [
+        text for text in dict.fromkeys(texts)
+        if all((text, label) in targets for label in labels) and len({targets[text, label] for label in labels}) == len(labels)
+    ]
+    predictions: dict[str, list[str]] = {label: [] for label in labels}
+    for text in tqdm(usable, desc="writer retrieval", unit="sentence"):
+        candidates = [targets[text, label] for label in labels]
+        for label in labels:
+            example = {"text": text, "emotion": label}
+            history = demonstration(example) if demonstration else []
+            chat = [{"role": "system", "content": system_prompt}, *history, {"role": "user", "content": prompt(example)}]
+            scores = reply_log_likelihoods(model, tokenizer, chat, candidates)
+            predictions[label].append(labels[int(np.argmax(scores))])
+    hits = sum(retrieved == label for label in labels for retrieved in predictions[label])
+    return {"accuracy": hits / max(len(usable) * len(labels), 1), "sentences": len(usable), "predictions": predictions}
 
 
 def retrieval_predictions(

@@ -205,13 +205,16 @@ def generate_targets(
     return path
 
 
-def load_targets(output_dir: str | Path, refusals: RefusalFilter | None = None) -> list[dict]:
-    """All shards' records in example order, refusals dropped (their count is logged)."""
+def load_targets(output_dir: str | Path, refusals: RefusalFilter | None = None, drop_refusals: bool = True) -> list[dict]:
+    """All shards' records in example order, refusals (by `refusals`, default patterns if None)
+    dropped unless `drop_refusals` is False (their count is logged)."""
     records = []
     for path in sorted(Path(output_dir).glob("targets-*-of-*.jsonl")):
         with path.open(encoding="utf-8") as lines:
             records.extend(json.loads(line) for line in lines if line.endswith("\n"))
     records.sort(key=lambda record: record["index"])
+    if not drop_refusals:
+        return records
     kept, dropped = (refusals or RefusalFilter()).split(records)
     logger.info("targets: kept %d, dropped %d refusals", len(kept), len(dropped))
     return kept

@@ -202,3 +202,16 @@ def test_writer_retrieval_is_told_the_emotion_and_leaves_out_ambiguous_sentences
     assert result["sentences"] == 1
     assert result["accuracy"] == pytest.approx(4 / 5)
     assert result["predictions"]["surprise"] == ["sad"] and result["predictions"]["happy"] == ["happy"]
+
+
+def test_retrieval_ranks_every_written_target_refusals_included(tmp_path):
+    from processing.target_generation import append_batch, load_targets, shard_path
+    from trainers.ser_evaluation import retrieval_targets
+
+    records = [{"text": "one", "emotion": label, "index": i, "target": f"one {label}", "truncated": False}
+               for i, label in enumerate(LABELS)]
+    records[3]["target"] = "I'm sorry, but I cannot continue that."
+    append_batch(shard_path(tmp_path, 0, 1), records)
+    assert len(load_targets(tmp_path)) == 4  # training drops the refusal
+    targets = retrieval_targets(tmp_path)
+    assert targets["one", "sad"] == records[3]["target"] and len(targets) == 5

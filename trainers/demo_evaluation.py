@@ -8,13 +8,14 @@ import subprocess
 import sys
 
 from modeling_blsp_emo.prompts import EMOTION_CONTINUATION_INSTRUCTION
-from processing.target_generation import emotion_demonstration, emotion_prompt, load_targets
+from processing.target_generation import emotion_demonstration, emotion_prompt
 
 from .loading import load_blsp_emo
 from .ser_evaluation import (
     cascade_predictions,
     plot_confusion,
     predict_emotions,
+    retrieval_targets,
     ser_metrics,
     target_retrieval,
     write_jsonl,
@@ -51,7 +52,7 @@ def whisper_transcriber(path: str):
 def evaluate_demo(demo) -> None:
     rows = test_clips(demo)
     truth = [row["emotion"] for row in rows]
-    targets = {(r["text"], r["emotion"]): r["target"] for r in load_targets(demo.path("targets_stage2"))}
+    targets = retrieval_targets(demo.path("targets_stage2"))
     folder = demo.path("eval")
     folder.mkdir(exist_ok=True)
     results = {"test_clips": len(rows), "chance": None}

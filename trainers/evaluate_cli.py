@@ -32,10 +32,16 @@ def add_arguments(commands) -> None:
 def run_evaluate_ser(args: argparse.Namespace) -> int:
     from processing.emotion_labels import LabelMapper
     from processing.manifests import load_speech_dataset
-    from processing.target_generation import load_targets
 
     from .loading import load_blsp_emo
-    from .ser_evaluation import plot_confusion, predict_emotions, ser_metrics, target_retrieval, write_jsonl
+    from .ser_evaluation import (
+        plot_confusion,
+        predict_emotions,
+        retrieval_targets,
+        ser_metrics,
+        target_retrieval,
+        write_jsonl,
+    )
 
     model, processor = load_blsp_emo(args.model, args.dtype)
     model.eval()
@@ -57,7 +63,7 @@ def run_evaluate_ser(args: argparse.Namespace) -> int:
         "head": ser_metrics([p["head"] for p in predictions], truth, labels),
     }
     if args.targets:
-        targets = {(r["text"], r["emotion"]): r["target"] for r in load_targets(args.targets)}
+        targets = retrieval_targets(args.targets)
         metrics["retrieval"] = target_retrieval(model, processor, rows, targets)[1]
     write_jsonl(output / "predictions.jsonl", [{"emotion": t, **p} for t, p in zip(truth, predictions)])
     for kind in ("head", "generative"):

@@ -186,6 +186,15 @@ def retrieval_predictions(
     return results
 
 
+def retrieval_targets(folder: str | Path) -> dict[tuple[str, str], str]:
+    """`{(text, emotion): target}` from `generate-targets --emotion` output. Refusals are kept: they
+    are left out of training, but retrieval ranks everything the LLM wrote for a sentence, and a
+    sentence short of one target could not be used at all."""
+    from processing.target_generation import load_targets
+
+    return {(r["text"], r["emotion"]): r["target"] for r in load_targets(folder, drop_refusals=False)}
+
+
 def target_retrieval(
     model: BlspEmoForConditionalGeneration,
     processor: BlspEmoProcessor,

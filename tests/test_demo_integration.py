@@ -41,10 +41,12 @@ def test_stage2_emotion_head_recognises_held_out_voices(results):
 
 def test_stage2_continuations_follow_the_voice(results):
     # The sentence-normalized measure: the plain one is dominated by how likely each of the LLM's
-    # continuations is in itself (it stays at chance here; the README explains).
+    # continuations is in itself (it stays at chance here, and the writer of the targets, told the
+    # true emotion, reaches only 40-60 %; the README explains).
     stage2, stage1 = (results[m]["retrieval"] for m in ("stage2", "stage1_only"))
-    assert stage2["clips"] >= 10
-    # 50-90 % over five runs, on only 10 clips (coarse): assert twice chance, not a run's figure.
+    writer = results["writer_retrieval"]
+    assert stage2["clips"] >= 10 and stage2["clips"] == 10 * writer["sentences"]  # 2 test voices x 5 emotions
+    # 50-90 % over six runs, on 10-30 clips (coarse): assert twice chance, not a run's figure.
     assert stage2["normalized_accuracy"] >= 0.4 and stage2["normalized_accuracy"] > stage1["normalized_accuracy"], (stage2, stage1)
 
 

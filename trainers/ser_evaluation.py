@@ -117,7 +117,8 @@ def reply_log_likelihoods(model, tokenizer, chat: list[dict], candidates: Sequen
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     replies = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in candidates]
     length = len(prompt_ids) + max(len(reply) for reply in replies)
-    input_ids = torch.full((len(replies), length), tokenizer.pad_token_id, dtype=torch.long)
+    padding = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0  # masked: any id serves
+    input_ids = torch.full((len(replies), length), padding, dtype=torch.long)
     labels = torch.full_like(input_ids, IGNORE_INDEX)
     attention_mask = torch.zeros_like(input_ids)
     for row, reply in enumerate(replies):

@@ -9,7 +9,7 @@ the same batch boundaries as an uninterrupted run.
 import json
 import logging
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import islice
 from pathlib import Path
 
@@ -120,6 +120,12 @@ def stop_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -
     return ids
 
 
+def writing_chat(prompt: str, system_prompt: str = NEUTRAL_SYSTEM_PROMPT, history: Sequence[dict] = ()) -> list[dict]:
+    """The chat that asks the LLM to write a target: system prompt, earlier messages (e.g. a
+    demonstration), then the request."""
+    return [{"role": "system", "content": system_prompt}, *history, {"role": "user", "content": prompt}]
+
+
 @torch.inference_mode()
 def continue_texts(
     model: PreTrainedModel,
@@ -134,11 +140,7 @@ def continue_texts(
     earlier chat messages before each prompt (e.g. demonstrations)."""
     histories = histories or [[] for _ in prompts]
     chats = [
-        tokenizer.apply_chat_template(
-            [{"role": "system", "content": system_prompt}, *history, {"role": "user", "content": prompt}],
-            tokenize=False,
-            add_generation_prompt=True,
-        )
+        tokenizer.apply_chat_template(writing_chat(prompt, system_prompt, history), tokenize=False, add_generation_prompt=True)
         for prompt, history in zip(prompts, histories)
     ]
     inputs = tokenizer(chats, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)

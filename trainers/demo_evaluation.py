@@ -75,31 +75,32 @@ def evaluate_demo(demo) -> None:
         for kind in ("head", "generative"):
             plot_confusion(results[name][kind]["confusion_matrix"], labels, folder / f"{name}_{kind}_confusion.png",
                            f"{name}: {'emotion head' if kind == 'head' else 'answer to SER query'}")
-    results["writer_retrieval"] = writer_ceiling(demo, rows, targets)
+    # The base model is the LLM that wrote the targets and the cascade's LLM.
+    writer, processor = load_blsp_emo(str(demo.path("base")))
+    writer.eval()
+    results["writer_retrieval"] = writer_ceiling(demo, writer, processor.tokenizer, rows, targets)
     if demo.settings.cascade:
-        results["cascade"] = cascade_baseline(demo, rows, truth)
+        results["cascade"] = cascade_baseline(demo, writer, processor.tokenizer, rows, truth)
     results["stage1_kl"] = json.loads(demo.path("stage1_eval.json").read_text())
     demo.path("results.json").write_text(json.dumps(results, indent=2))
 
 
-def writer_ceiling(demo, rows: list[dict], targets: dict[tuple[str, str], str]) -> dict:
+def writer_ceiling(demo, model, tokenizer, rows: list[dict], targets: dict[tuple[str, str], str]) -> dict:
     """Retrieval by the LLM that wrote the targets, told each test sentence's true emotion: the most
     that the targets let a speech model reach."""
-    model, processor = load_blsp_emo(str(demo.path("base")))
     demonstration = emotion_demonstration if demo.settings.emotion_demonstrations else None
     return writer_retrieval(
-        model.eval(), processor.tokenizer, targets, model.config.emotion_labels, [row["text"] for row in rows],
+        model, tokenizer, targets, model.config.emotion_labels, [row["text"] for row in rows],
         emotion_prompt, demonstration,
     )
 
 
-def cascade_baseline(demo, rows: list[dict], truth: list[str]) -> dict:
+def cascade_baseline(demo, model, tokenizer, rows: list[dict], truth: list[str]) -> dict:
     from processing.bundled import resolve_model_spec
 
-    model, processor = load_blsp_emo(str(demo.path("base")))
     labels = model.config.emotion_labels
     transcribe = whisper_transcriber(resolve_model_spec(demo.settings.encoder))
-    predictions = cascade_predictions(transcribe, model, processor.tokenizer, [row["audio"] for row in rows], labels)
+    predictions = cascade_predictions(transcribe, model, tokenizer, [row["audio"] for row in rows], labels)
     write_jsonl(demo.path("eval") / "cascade_predictions.jsonl", [{**r, **p} for r, p in zip(rows, predictions)])
     return {"generative": ser_metrics([p["parsed"] for p in predictions], truth, labels)}
 

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from modeling_blsp_emo import BlspEmoForConditionalGeneration, BlspEmoProcessor, load_audio
 from modeling_blsp_emo.prompts import EMOTION_CONTINUATION_INSTRUCTION, NEUTRAL_SYSTEM_PROMPT, ser_instruction
 from processing.collators import IGNORE_INDEX, SpeechContinuationCollator
+from processing.target_generation import continue_texts, load_targets, writing_chat
 
 from .semantic_alignment import predicting_positions
 from .ser_metrics import SER_METRICS_PATH
@@ -158,9 +159,8 @@ def writer_retrieval(
         candidates = [targets[text, label] for label in labels]
         for label in labels:
             example = {"text": text, "emotion": label}
-            history = demonstration(example) if demonstration else []
-            chat = [{"role": "system", "content": system_prompt}, *history, {"role": "user", "content": prompt(example)}]
-            scores = reply_log_likelihoods(model, tokenizer, chat, candidates)
+            history = demonstration(example) if demonstration else ()
+            scores = reply_log_likelihoods(model, tokenizer, writing_chat(prompt(example), system_prompt, history), candidates)
             predictions[label].append(labels[int(np.argmax(scores))])
     hits = sum(retrieved == label for label in labels for retrieved in predictions[label])
     return {"accuracy": hits / max(len(usable) * len(labels), 1), "sentences": len(usable), "predictions": predictions}
@@ -191,8 +191,6 @@ def retrieval_targets(folder: str | Path) -> dict[tuple[str, str], str]:
     """`{(text, emotion): target}` from `generate-targets --emotion` output. Refusals are kept: they
     are left out of training, but retrieval ranks everything the LLM wrote for a sentence, and a
     sentence short of one target could not be used at all."""
-    from processing.target_generation import load_targets
-
     return {(r["text"], r["emotion"]): r["target"] for r in load_targets(folder, drop_refusals=False)}
 
 
@@ -248,8 +246,6 @@ def cascade_predictions(
 ) -> list[dict]:
     """The paper's cascade baseline: `transcribe(clip) -> text` (e.g. Whisper), then the LLM answers
     the SER query with the transcript in place of the speech. It cannot hear tone of voice."""
-    from processing.target_generation import continue_texts
-
     query = ser_instruction(labels)
     transcripts = [transcribe(load_audio(clip)) for clip in tqdm(clips, desc="transcribing", unit="clip")]
     answers = []

@@ -13,10 +13,11 @@ processes for two cores give erratic timings (small workloads suffer most).
 import argparse
 
 import torch
-from p1_encoder_padding import AUDIO_TOKEN_ID, build_model, clip_features, median_seconds
 from transformers import AutoModelForCausalLM
 
 from modeling_blsp_emo.speech_lengths import SAMPLING_RATE, num_speech_embeddings
+
+from p1_encoder_padding import AUDIO_TOKEN_ID, build_model, clip_features, median_seconds
 
 
 def bare_llm(model) -> torch.nn.Module:

@@ -18,10 +18,10 @@ import torch
 
 
 def one_step(variant: str, batch_size: int, target_tokens: int, seconds: float, vocab_size: int) -> dict:
-    from p1_encoder_padding import AUDIO_TOKEN_ID, build_model, clip_features
-
     from modeling_blsp_emo import num_speech_embeddings
-    from trainers.semantic_alignment import distillation_kl, predicting_positions
+    from trainers.training.losses import distillation_kl, predicting_positions
+
+    from p1_encoder_padding import AUDIO_TOKEN_ID, build_model, clip_features
 
     torch.manual_seed(0)
     model = build_model(vocab_size=vocab_size)

@@ -22,9 +22,9 @@ import numpy as np
 import torch
 
 from modeling_blsp_emo.speech_lengths import SAMPLING_RATE
-from processing.bundled import resolve_model_spec
-from trainers.builder import build_blsp_emo
-from trainers.chat import BlspEmoChat
+from trainers.checkpoints.builder import build_blsp_emo
+from trainers.checkpoints.bundled.registry import resolve_model_spec
+from trainers.inference.chat import BlspEmoChat
 
 INSTRUCTION = "Please answer what I say: "
 

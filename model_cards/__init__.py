@@ -1,1 +1,1 @@
-"""Model-card templates rendered when a checkpoint is published (see trainers.hub)."""
+"""Model-card templates rendered when a checkpoint is published (see trainers.hub.push)."""

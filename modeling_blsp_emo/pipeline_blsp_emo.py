@@ -5,7 +5,8 @@ from typing import Any
 import torch
 from transformers import Pipeline
 
-from .prompts import ser_instruction, system_prompt as preset_system_prompt
+from .prompts import ser_instruction
+from .prompts import system_prompt as preset_system_prompt
 
 DEFAULT_MAX_NEW_TOKENS = 128
 

@@ -53,7 +53,10 @@ class EmotionSafeAugmentation:
                 A.Gain(min_gain_db=-config.max_gain_db, max_gain_db=config.max_gain_db, p=config.gain_probability),
                 A.Lambda(transform=mild_reverb, p=config.reverb_probability),
                 A.OneOf(
-                    [A.LowPassFilter(min_cutoff_freq=3500, max_cutoff_freq=7500), A.HighPassFilter(min_cutoff_freq=50, max_cutoff_freq=300)],
+                    [
+                        A.LowPassFilter(min_cutoff_freq=3500, max_cutoff_freq=7500),
+                        A.HighPassFilter(min_cutoff_freq=50, max_cutoff_freq=300),
+                    ],
                     p=config.filter_probability,
                 ),
             ]

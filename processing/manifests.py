@@ -88,3 +88,8 @@ def interleave(
     return datasets.interleave_datasets(
         list(sources), probabilities=probabilities, seed=seed, stopping_strategy="all_exhausted_without_replacement"
     )
+
+
+def write_jsonl(path: str | Path, rows: Sequence[dict]) -> None:
+    """Write `rows` as a JSON-lines file (UTF-8, one object per line)."""
+    Path(path).write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")

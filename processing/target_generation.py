@@ -18,8 +18,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from modeling_blsp_emo.prompts import NEUTRAL_SYSTEM_PROMPT, SEMANTIC_TARGET_INSTRUCTION, emotion_target_instruction
-
-from .cleaning import RefusalFilter
+from processing.cleaning import RefusalFilter
 
 logger = logging.getLogger(__name__)
 MAX_NEW_TOKENS = 48

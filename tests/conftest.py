@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from tiny_models import save_tiny_causal_lm, save_tiny_whisper, tiny_feature_extractor, tiny_model, tiny_tokenizer
-
 from modeling_blsp_emo import BlspEmoProcessor
+
+from tiny_models import save_tiny_causal_lm, save_tiny_whisper, tiny_feature_extractor, tiny_model, tiny_tokenizer
 
 
 def noise(num_samples: int, seed: int = 0) -> np.ndarray:

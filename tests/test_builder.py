@@ -4,10 +4,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, WhisperModel
 
-from conftest import noise
-from trainers.builder import build_blsp_emo, save_checkpoint
-
 from modeling_blsp_emo import BlspEmoForConditionalGeneration
+from trainers.checkpoints.builder import build_blsp_emo, save_checkpoint
+
+from conftest import noise
 
 
 @pytest.fixture(scope="module")

@@ -16,12 +16,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, WhisperForConditionalGeneration, WhisperProcessor
 
-from processing import bundled
-from processing.bundled import BundledModelUnavailableError, bundled_source_path, resolve_model_spec
-from processing.ct2_whisper import WhisperTokenIds, read_ct2_model, whisper_from_ct2, whisper_tokenizer_from_ct2
-from trainers.builder import build_blsp_emo
-
 from modeling_blsp_emo.audio_loading import load_audio
+from trainers.checkpoints.builder import build_blsp_emo
+from trainers.checkpoints.bundled import registry as bundled
+from trainers.checkpoints.bundled.ct2_whisper import WhisperTokenIds, read_ct2_model, whisper_from_ct2, whisper_tokenizer_from_ct2
+from trainers.checkpoints.bundled.registry import BundledModelUnavailableError, bundled_source_path, resolve_model_spec
 
 pytestmark = pytest.mark.integration
 

@@ -7,11 +7,11 @@ import pytest
 import soundfile
 import torch
 
-from tiny_models import PAD_TOKEN_ID, random_clip, tiny_model
-
 from modeling_blsp_emo.prompts import EMPATHETIC_SYSTEM_PROMPT
-from trainers.chat import BlspEmoChat, ChatInputError
 from trainers.cli import main
+from trainers.inference.chat import BlspEmoChat, ChatInputError
+
+from tiny_models import PAD_TOKEN_ID, random_clip, tiny_model
 
 NEW_TOKENS = 6
 

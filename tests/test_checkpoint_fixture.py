@@ -10,9 +10,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from fresh_process import run_isolated
-
 from modeling_blsp_emo import BlspEmoForConditionalGeneration, BlspEmoProcessor
+
+from fresh_process import run_isolated
 
 FIXTURE = Path(__file__).parent / "fixtures" / "tiny_checkpoint_v1"
 EXPECTED = load_file(FIXTURE.parent / "tiny_checkpoint_v1_expected.safetensors")

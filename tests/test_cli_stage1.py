@@ -8,9 +8,9 @@ import sys
 import pytest
 import soundfile
 
-from conftest import noise
-
 from processing.target_generation import load_targets
+
+from conftest import noise
 
 TEXTS = ["hello world", "the quick brown fox", "i am fine", "the lazy dog", "good day today"]
 

@@ -19,16 +19,16 @@ from torch.nn import functional as F
 from transformers import WhisperConfig, WhisperFeatureExtractor
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
+from modeling_blsp_emo import BlspEmoForConditionalGeneration, BlspEmoProcessor
+from trainers.checkpoints.original import convert as convert_module
+from trainers.checkpoints.original.convert import ConversionError, convert_original
+from trainers.checkpoints.original.layout import Target, map_key
+from trainers.checkpoints.original.qwen_v1_tokenizer import SPECIAL_TOKENS, qwen_v1_tokenizer
+from trainers.cli import main
+
 from conftest import noise
 from fresh_process import run_isolated
 from tiny_models import AUDIO_CONFIG
-
-from modeling_blsp_emo import BlspEmoForConditionalGeneration, BlspEmoProcessor
-from trainers import convert_original as convert_module
-from trainers.cli import main
-from trainers.convert_original import ConversionError, convert_original
-from trainers.original_layout import Target, map_key
-from trainers.qwen_v1_tokenizer import SPECIAL_TOKENS, qwen_v1_tokenizer
 
 # Qwen v1's pre-tokenizer pattern (every digit on its own) and its special-token order.
 QWEN_PATTERN = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
@@ -412,7 +412,8 @@ def test_converted_checkpoint_runs_in_the_pipeline_in_a_fresh_process(release, t
     result = run_isolated(
         f"""
 import json, numpy as np, transformers
-pipe, clip = transformers.pipeline("audio-to-text", model={str(directory)!r}, trust_remote_code=True), np.load({str(tmp_path / "clip.npy")!r})
+pipe = transformers.pipeline("audio-to-text", model={str(directory)!r}, trust_remote_code=True)
+clip = np.load({str(tmp_path / "clip.npy")!r})
 reply, emotion = (pipe(clip, sampling_rate=16000, max_new_tokens=3, return_emotion=flag) for flag in (False, True))
 print(json.dumps(dict(reply=reply, emotion=emotion, padding=pipe.model.config.audio_padding, module=type(pipe.model).__module__)))
 """,

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from trainers.demo import Demo, DemoSettings
+from trainers.demo.run import Demo, DemoSettings
 
 pytestmark = pytest.mark.integration
 

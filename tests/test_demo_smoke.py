@@ -5,10 +5,10 @@ import json
 import pytest
 import soundfile
 
-from conftest import noise
-
 from processing.target_generation import load_targets
-from trainers.demo import Demo, DemoSettings
+from trainers.demo.run import Demo, DemoSettings
+
+from conftest import noise
 
 EMOTIONS = ["neutral", "happy", "angry", "sad", "surprise"]
 SENTENCES = {"train": ["hello world", "the lazy dog"], "validation": ["i am fine"], "test": ["good day today"]}

@@ -9,19 +9,19 @@ import soundfile
 import torch
 from transformers import TrainingArguments
 
-from conftest import noise
-from fresh_process import run_isolated
-from tiny_models import tiny_model
-
 from modeling_blsp_emo import BlspEmoForConditionalGeneration
 from modeling_blsp_emo.prompts import EMOTION_CONTINUATION_INSTRUCTION
 from processing.augmentation import AugmentationConfig, EmotionSafeAugmentation
 from processing.collators import SpeechContinuationCollator
 from processing.emotion_labels import LabelMapper
-from trainers.base import load_trained_weights, save_trained_weights
-from trainers.builder import save_checkpoint
-from trainers.emotion_alignment import EmotionAlignmentTrainer, LoraSettings, finalize, prepare_for_emotion_alignment
-from trainers.train_emotion import EmotionAlignmentArguments, train_emotion
+from trainers.checkpoints.builder import save_checkpoint
+from trainers.training.base import load_trained_weights, save_trained_weights
+from trainers.training.emotion_alignment import EmotionAlignmentTrainer, LoraSettings, finalize, prepare_for_emotion_alignment
+from trainers.training.train_emotion import EmotionAlignmentArguments, train_emotion
+
+from conftest import noise
+from fresh_process import run_isolated
+from tiny_models import tiny_model
 
 EMOTIONS = ["neutral", "happy", "angry", "sad", "surprise"]
 

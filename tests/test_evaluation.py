@@ -2,18 +2,13 @@
 
 import pytest
 
+from trainers.evaluation.empathy import evaluate_empathy, parse_scores
+from trainers.evaluation.plots import plot_confusion
+from trainers.evaluation.retrieval import retrieval_predictions
+from trainers.evaluation.ser import cascade_predictions, parse_emotion, predict_emotions, ser_metrics
+
 from conftest import noise
 from tiny_models import tiny_model
-
-from trainers.empathy_evaluation import evaluate_empathy, parse_scores
-from trainers.ser_evaluation import (
-    cascade_predictions,
-    parse_emotion,
-    plot_confusion,
-    predict_emotions,
-    retrieval_predictions,
-    ser_metrics,
-)
 
 LABELS = ["neutral", "happy", "angry", "sad", "surprise"]
 
@@ -139,7 +134,7 @@ def test_evaluate_ser_command_writes_predictions_metrics_and_plots(saved_checkpo
 def test_normalized_retrieval_removes_how_likely_each_text_is_in_itself(monkeypatch):
     from types import SimpleNamespace
 
-    import trainers.ser_evaluation as ser_evaluation
+    import trainers.evaluation.retrieval as retrieval_module
 
     # "sad day" is the likeliest text for every clip; the voices move the scores around it.
     scores = {
@@ -152,12 +147,12 @@ def test_normalized_retrieval_removes_how_likely_each_text_is_in_itself(monkeypa
         return [{"retrieved": max(scores[e["audio"]], key=scores[e["audio"]].get), "scores": scores[e["audio"]],
                  "ambiguous": False} for e in examples]
 
-    monkeypatch.setattr(ser_evaluation, "retrieval_predictions", scripted)
+    monkeypatch.setattr(retrieval_module, "retrieval_predictions", scripted)
     model = SimpleNamespace(config=SimpleNamespace(emotion_labels=LABELS))
     targets = {(text, label): f"{text} {label}" for text in ("one", "two") for label in LABELS}
     rows = [{"audio": "a.wav", "text": "one", "emotion": "sad"}, {"audio": "b.wav", "text": "one", "emotion": "happy"},
             {"audio": "c.wav", "text": "two", "emotion": "sad"}, {"audio": "d.wav", "text": "three", "emotion": "sad"}]
-    per_row, summary = ser_evaluation.target_retrieval(model, None, rows, targets)
+    per_row, summary = retrieval_module.target_retrieval(model, None, rows, targets)
     assert [r["retrieved"] for r in per_row[:3]] == ["sad", "sad", "sad"] and per_row[3] is None
     assert per_row[0]["retrieved_normalized"] == "sad" and per_row[1]["retrieved_normalized"] == "happy"
     assert summary["clips"] == 3 and summary["accuracy"] == pytest.approx(2 / 3)
@@ -169,13 +164,14 @@ def test_reply_log_likelihoods_match_each_reply_scored_alone(processor):
     import torch
     from torch.nn import functional as F
 
-    from trainers.ser_evaluation import reply_log_likelihoods
+    from trainers.evaluation.retrieval import reply_log_likelihoods
 
     model, tokenizer = tiny_model().eval(), processor.tokenizer
     chat = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "continue: the dog"}]
     replies = ["runs far away", "sleeps", "barks at the fox all day long"]
     scores = reply_log_likelihoods(model, tokenizer, chat, replies)
-    prompt = tokenizer(tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True), add_special_tokens=False)["input_ids"]
+    rendered = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+    prompt = tokenizer(rendered, add_special_tokens=False)["input_ids"]
     for reply, score in zip(replies, scores):
         ids = tokenizer(reply, add_special_tokens=False)["input_ids"]
         with torch.inference_mode():
@@ -185,7 +181,7 @@ def test_reply_log_likelihoods_match_each_reply_scored_alone(processor):
 
 
 def test_writer_retrieval_is_told_the_emotion_and_leaves_out_ambiguous_sentences(monkeypatch):
-    import trainers.ser_evaluation as ser_evaluation
+    import trainers.evaluation.retrieval as retrieval_module
 
     def scripted(model, tokenizer, chat, candidates):
         # a writer that finds the continuation naming the prompt's emotion likeliest, except that
@@ -194,11 +190,11 @@ def test_writer_retrieval_is_told_the_emotion_and_leaves_out_ambiguous_sentences
         wanted = "sad" if told == "surprise" else told
         return [0.0 if text.endswith(wanted) else -1.0 for text in candidates]
 
-    monkeypatch.setattr(ser_evaluation, "reply_log_likelihoods", scripted)
+    monkeypatch.setattr(retrieval_module, "reply_log_likelihoods", scripted)
     targets = {(text, label): f"{text} {label}" for text in ("one", "two") for label in LABELS}
     targets["two", "happy"] = targets["two", "sad"]  # two targets alike: sentence "two" cannot be used
     prompt = lambda example: f"in a '{example['emotion']}' tone: {example['text']}"
-    result = ser_evaluation.writer_retrieval(None, None, targets, LABELS, ["one", "two", "one", "three"], prompt)
+    result = retrieval_module.writer_retrieval(None, None, targets, LABELS, ["one", "two", "one", "three"], prompt)
     assert result["sentences"] == 1
     assert result["accuracy"] == pytest.approx(4 / 5)
     assert result["predictions"]["surprise"] == ["sad"] and result["predictions"]["happy"] == ["happy"]
@@ -206,7 +202,7 @@ def test_writer_retrieval_is_told_the_emotion_and_leaves_out_ambiguous_sentences
 
 def test_retrieval_ranks_every_written_target_refusals_included(tmp_path):
     from processing.target_generation import append_batch, load_targets, shard_path
-    from trainers.ser_evaluation import retrieval_targets
+    from trainers.evaluation.retrieval import retrieval_targets
 
     records = [{"text": "one", "emotion": label, "index": i, "target": f"one {label}", "truncated": False}
                for i, label in enumerate(LABELS)]

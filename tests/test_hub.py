@@ -1,4 +1,4 @@
-"""Publishing to the Hub (`trainers.hub`, `blsp-emo push`) against a local Hub-compatible server."""
+"""Publishing to the Hub (`trainers.hub.push`, `blsp-emo push`) against a local Hub-compatible server."""
 
 import contextlib
 import io
@@ -12,18 +12,19 @@ from huggingface_hub import HfApi, ModelCard, constants
 from huggingface_hub.errors import RepositoryNotFoundError
 from transformers import TrainingArguments
 
-from fresh_process import run_isolated
-from hub_server import HubServer
-from trainers.builder import build_blsp_emo
+from trainers.checkpoints import describe_base_model
+from trainers.checkpoints.builder import build_blsp_emo
 from trainers.cli import main
 from trainers.hub import (
     HubPublishError,
     checkpoint_files,
-    describe_base_model,
     push_model_to_hub,
     push_to_hub,
     render_model_card,
 )
+
+from fresh_process import run_isolated
+from hub_server import HubServer
 
 TOKEN = "hf_alice_test_token_0123456789"
 BOB_TOKEN = "hf_bob_test_token_0123456789"
@@ -281,10 +282,10 @@ def test_incomplete_or_unmerged_checkpoints_are_refused(checkpoint, tmp_path):
 
 
 def test_push_model_merges_global_lora(hub, saved_checkpoint):
-    from tiny_models import tiny_feature_extractor, tiny_model, tiny_tokenizer
-    from trainers.emotion_alignment import LoraSettings, prepare_for_emotion_alignment
-
     from modeling_blsp_emo import BlspEmoProcessor
+    from trainers.training.emotion_alignment import LoraSettings, prepare_for_emotion_alignment
+
+    from tiny_models import tiny_feature_extractor, tiny_model, tiny_tokenizer
 
     wrapped = prepare_for_emotion_alignment(tiny_model(), LoraSettings("global", rank=2, alpha=2), train_encoder=False)
     processor = BlspEmoProcessor(tiny_feature_extractor(), tiny_tokenizer())

@@ -2,6 +2,11 @@
 
 import pytest
 import torch
+from torch import nn
+
+from modeling_blsp_emo import BlspEmoForConditionalGeneration
+from modeling_blsp_emo.masked_lora import MaskedLoraLinear
+
 from tiny_models import (
     AUDIO_TOKEN_ID,
     gradients,
@@ -12,10 +17,6 @@ from tiny_models import (
     speech_inputs,
     tiny_model,
 )
-from torch import nn
-
-from modeling_blsp_emo import BlspEmoForConditionalGeneration
-from modeling_blsp_emo.masked_lora import MaskedLoraLinear
 
 TEXT_MODEL_TYPES = ["qwen2", "llama"]
 LINEAR_LAYERS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]

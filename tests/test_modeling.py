@@ -8,6 +8,11 @@ import math
 
 import pytest
 import torch
+from transformers import AutoModelForCausalLM
+
+from modeling_blsp_emo import BlspEmoConfig, BlspEmoForConditionalGeneration
+from modeling_blsp_emo.speech_lengths import HOP_LENGTH, num_speech_embeddings
+
 from tiny_models import (
     AUDIO_CONFIG,
     AUDIO_TOKEN_ID,
@@ -26,10 +31,6 @@ from tiny_models import (
     tiny_config,
     tiny_model,
 )
-from transformers import AutoModelForCausalLM
-
-from modeling_blsp_emo import BlspEmoConfig, BlspEmoForConditionalGeneration
-from modeling_blsp_emo.speech_lengths import HOP_LENGTH, num_speech_embeddings
 
 TEXT_MODEL_TYPES = ["qwen2", "llama"]
 

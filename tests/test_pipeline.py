@@ -5,10 +5,10 @@ import pytest
 import soundfile
 from transformers import AutoModel, pipeline
 
+from modeling_blsp_emo import BlspEmoProcessor, prompts
+
 from conftest import noise
 from fresh_process import run_isolated
-
-from modeling_blsp_emo import BlspEmoProcessor, prompts
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +21,8 @@ def by_hand(checkpoint, clips, prompt="", system=prompts.NEUTRAL_SYSTEM_PROMPT, 
     model = AutoModel.from_pretrained(checkpoint).eval()
     conversations = [
         [{"role": "system", "content": system},
-         {"role": "user", "content": ([{"type": "text", "text": prompt}] if prompt else []) + [{"type": "audio", "audio": clip, "sampling_rate": 16000}]}]
+         {"role": "user", "content": ([{"type": "text", "text": prompt}] if prompt else [])
+          + [{"type": "audio", "audio": clip, "sampling_rate": 16000}]}]
         for clip in clips
     ]
     inputs = processor.apply_chat_template(conversations)

@@ -6,11 +6,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from modeling_blsp_emo import AudioInputError, BlspEmoProcessor, num_speech_embeddings, prompts
+
 from conftest import noise
 from tiny_models import tiny_model
-
-from modeling_blsp_emo import AudioInputError, BlspEmoProcessor, num_speech_embeddings
-from modeling_blsp_emo import prompts
 
 
 def user_turn(*items) -> dict:

@@ -3,12 +3,12 @@
 import json
 
 import torch
+from transformers import AutoModel
+
+from modeling_blsp_emo import BlspEmoProcessor
 
 from conftest import noise
 from fresh_process import run_isolated
-
-from modeling_blsp_emo import BlspEmoProcessor
-from transformers import AutoModel
 
 
 def test_checkpoint_declares_remote_code_and_pipeline(saved_checkpoint):
@@ -24,7 +24,8 @@ def test_checkpoint_declares_remote_code_and_pipeline(saved_checkpoint):
 
 def test_fresh_process_loads_checkpoint_with_same_logits(saved_checkpoint, tmp_path):
     processor = BlspEmoProcessor.from_pretrained(saved_checkpoint)
-    conversation = [{"role": "user", "content": [{"type": "text", "text": "hello "}, {"type": "audio", "audio": noise(24000), "sampling_rate": 16000}]}]
+    audio = {"type": "audio", "audio": noise(24000), "sampling_rate": 16000}
+    conversation = [{"role": "user", "content": [{"type": "text", "text": "hello "}, audio]}]
     inputs = processor.apply_chat_template(conversation)
     torch.save(dict(inputs), tmp_path / "inputs.pt")
     model = AutoModel.from_pretrained(saved_checkpoint)

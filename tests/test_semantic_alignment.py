@@ -7,16 +7,17 @@ import soundfile
 import torch
 from transformers import TrainerCallback, TrainingArguments
 
-from conftest import noise
-from tiny_models import tiny_model
-
 from modeling_blsp_emo.prompts import SEMANTIC_TARGET_INSTRUCTION
 from processing.cleaning import RefusalFilter
 from processing.collators import IGNORE_INDEX, SpeechContinuationCollator
 from processing.manifests import load_speech_dataset, read_manifest
 from processing.target_generation import generate_targets, load_targets, shard_path
-from trainers.base import TRAINED_WEIGHTS_NAME
-from trainers.semantic_alignment import SemanticAlignmentTrainer, distillation_kl, predicting_positions
+from trainers.training.base import TRAINED_WEIGHTS_NAME
+from trainers.training.losses import distillation_kl, predicting_positions
+from trainers.training.semantic_alignment import SemanticAlignmentTrainer
+
+from conftest import noise
+from tiny_models import tiny_model
 
 TEXTS = ["hello world", "the quick brown fox", "i am fine", "the lazy dog", "good day today", "sad day", "hello the dog"]
 
@@ -82,7 +83,9 @@ def test_interrupted_generation_resumes_to_identical_output(manifest, processor,
 def test_shards_together_cover_every_example_once(manifest, processor, tmp_path):
     dataset = load_speech_dataset(manifest)
     for shard in range(2):
-        generate_targets(tiny_model(), processor.tokenizer, dataset, tmp_path / "sharded", batch_size=2, max_new_tokens=3, shard=shard, num_shards=2)
+        generate_targets(
+            tiny_model(), processor.tokenizer, dataset, tmp_path / "sharded", batch_size=2, max_new_tokens=3, shard=shard, num_shards=2
+        )
     generate_targets(tiny_model(), processor.tokenizer, dataset, tmp_path / "single", batch_size=2, max_new_tokens=3)
     sharded, single = load_targets(tmp_path / "sharded"), load_targets(tmp_path / "single")
     assert [r["index"] for r in sharded] == list(range(len(TEXTS)))

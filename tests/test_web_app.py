@@ -19,13 +19,13 @@ import numpy as np
 import pytest
 import soundfile
 
-from tiny_models import random_clip, tiny_model
+from trainers.inference.chat import BlspEmoChat
 
-from trainers.chat import BlspEmoChat
+from tiny_models import random_clip, tiny_model
 
 pytest.importorskip("gradio")
 
-from trainers.web_app import ChatApp, free_port  # noqa: E402  (needs gradio)
+from trainers.inference.web_app import ChatApp, free_port  # noqa: E402  (needs gradio)
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"

@@ -1,0 +1,50 @@
+"""`blsp-emo demo`: the whole mission, offline, on the embedded default."""
+
+import argparse
+from pathlib import Path
+
+
+def add_commands(commands) -> None:
+    demo = commands.add_parser("demo", help="run the whole mission offline on the embedded default and write a report")
+    demo.add_argument("--output", default="outputs/demo", help="folder for everything (re-running resumes)")
+    demo.add_argument("--quick", action="store_true", help="a much smaller run (a few minutes)")
+    demo.add_argument("--num-sentences", dest="num_sentences", type=int)
+    demo.add_argument("--stage1-steps", dest="stage1_steps", type=int)
+    demo.add_argument("--stage2-steps", dest="stage2_steps", type=int)
+    demo.add_argument("--voices-per-sentence", dest="voices_per_sentence", type=int)
+    demo.add_argument("--batch-size", dest="batch_size", type=int)
+    demo.add_argument("--eval-clips", dest="eval_clips", type=int)
+    demo.add_argument("--engines", nargs="+", help="TTS engines for the corpus (piper flite espeak-ng)")
+    demo.add_argument("--corpus", help="use an existing corpus folder instead of synthesizing one")
+    demo.add_argument("--encoder", help="Whisper to build from (default bundled:whisper-tiny.en)")
+    demo.add_argument("--llm", help="LLM to build from (default bundled:smollm2-135m-instruct)")
+    demo.set_defaults(handler=run_demo)
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from trainers.demo import Demo, DemoSettings
+
+    overrides = {
+        name: value
+        for name, value in vars(args).items()
+        if name in DemoSettings.__dataclass_fields__ and name != "output" and value is not None
+    }
+    settings = DemoSettings.quick(args.output, **overrides) if args.quick else DemoSettings(args.output, **overrides)
+    results = Demo(settings).run()
+    print(summary(results, Path(args.output)))
+    return 0
+
+
+def summary(results: dict, output: Path) -> str:
+    """The lines a person reads after a demo run: where the report is and the headline figures."""
+    stage2, stage1 = results["stage2"], results["stage1_only"]
+    writer = results["writer_retrieval"]
+    return "\n".join([
+        f"report: {output / 'report.md'}",
+        f"emotion head accuracy  stage 2 {stage2['head']['accuracy']:.1%}  stage 1 only {stage1['head']['accuracy']:.1%}",
+        f"target retrieval       stage 2 {stage2['retrieval']['accuracy']:.1%}  stage 1 only {stage1['retrieval']['accuracy']:.1%}",
+        f"  normalized           stage 2 {stage2['retrieval']['normalized_accuracy']:.1%}  "
+        f"stage 1 only {stage1['retrieval']['normalized_accuracy']:.1%}",
+        f"  the targets' writer, told the true emotion {writer['accuracy']:.1%} ({writer['sentences']} sentences)",
+        f"SER query answers      stage 2 {stage2['generative']['accuracy']:.1%}  stage 1 only {stage1['generative']['accuracy']:.1%}",
+    ])

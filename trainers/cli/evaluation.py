@@ -1,0 +1,75 @@
+"""`blsp-emo evaluate-ser` and `evaluate-empathy`: measuring a trained model."""
+
+import argparse
+import json
+from pathlib import Path
+
+
+def add_commands(commands) -> None:
+    ser = commands.add_parser("evaluate-ser", help="speech emotion recognition: SER-query answers, emotion head, retrieval")
+    ser.add_argument("--model", required=True, help="BLSP-Emo checkpoint")
+    ser.add_argument("--data", required=True, help="JSONL manifest or dataset with audio and emotion columns")
+    ser.add_argument("--output", required=True, help="folder for predictions.jsonl, ser_metrics.json and plots")
+    ser.add_argument("--split", default="test")
+    ser.add_argument("--audio-column", default="audio")
+    ser.add_argument("--emotion-column", default="emotion")
+    ser.add_argument("--label-map", nargs="*", default=[], metavar="RAW=LABEL")
+    ser.add_argument("--drop-unmapped", action="store_true")
+    ser.add_argument("--targets", help="emotion targets of the same sentences (generate-targets --emotion) for retrieval")
+    ser.add_argument("--batch-size", type=int, default=8)
+    ser.add_argument("--dtype")
+    ser.set_defaults(handler=run_evaluate_ser)
+
+    empathy = commands.add_parser("evaluate-empathy", help="score spoken-instruction replies for quality and empathy")
+    empathy.add_argument("--model", required=True)
+    empathy.add_argument("--data", required=True, help="manifest with audio, text (the instruction) and emotion")
+    empathy.add_argument("--judge", required=True, help="a local chat model that grades (e.g. Qwen/Qwen2.5-7B-Instruct)")
+    empathy.add_argument("--output", required=True)
+    empathy.add_argument("--max-new-tokens", type=int, default=128)
+    empathy.set_defaults(handler=run_evaluate_empathy)
+
+
+def run_evaluate_ser(args: argparse.Namespace) -> int:
+    from processing.emotion_labels import LabelMapper
+    from processing.manifests import load_speech_dataset
+    from trainers.checkpoints import load_blsp_emo
+    from trainers.evaluation import evaluate_ser, retrieval_targets
+
+    model, processor = load_blsp_emo(args.model, args.dtype)
+    model.eval()
+    dataset = load_speech_dataset(
+        args.data, audio_column=args.audio_column, text_column="text" if args.targets else None,
+        extra_columns=[args.emotion_column], split=args.split,
+    )
+    if args.emotion_column != "emotion":
+        dataset = dataset.rename_column(args.emotion_column, "emotion")
+    aliases = dict(pair.split("=", 1) for pair in args.label_map)
+    rows = list(LabelMapper(model.config.emotion_labels, aliases, args.drop_unmapped).apply(dataset))
+    targets = retrieval_targets(args.targets) if args.targets else None
+    metrics = evaluate_ser(model, processor, rows, args.output, targets=targets, batch_size=args.batch_size)
+    summary = {"dataset": str(args.data), "split": args.split, "num_examples": len(rows), "method": "emotion head",
+               "metrics": metrics["head"], "all": metrics}
+    (Path(args.output) / "ser_metrics.json").write_text(json.dumps(summary, indent=2))
+    for kind, values in metrics.items():
+        extra = f"  UA {values['unweighted_accuracy']:.1%}" if "unweighted_accuracy" in values else ""
+        extra += f"  normalized per sentence {values['normalized_accuracy']:.1%}" if "normalized_accuracy" in values else ""
+        print(f"{kind:>10}: accuracy {values['accuracy']:.1%}{extra}")
+    return 0
+
+
+def run_evaluate_empathy(args: argparse.Namespace) -> int:
+    from processing.manifests import load_speech_dataset, write_jsonl
+    from trainers.checkpoints import load_blsp_emo
+    from trainers.evaluation import evaluate_empathy, local_judge
+
+    model, processor = load_blsp_emo(args.model)
+    model.eval()
+    rows = list(load_speech_dataset(args.data, extra_columns=["emotion"]))
+    results, summary = evaluate_empathy(model, processor, rows, local_judge(args.judge), args.max_new_tokens)
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    write_jsonl(output / "empathy_responses.jsonl", results)
+    (output / "empathy_scores.json").write_text(json.dumps(summary, indent=2))
+    for group, scores in summary.items():
+        print(f"{group:>9}: quality {scores['quality']}  empathy {scores['empathy']}  ({scores['count']} clips)")
+    return 0

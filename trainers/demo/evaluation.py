@@ -1,0 +1,115 @@
+"""The demo's evaluation: stage 2 vs stage-1-only vs the Whisper→LLM cascade on held-out
+sentences and voices, and a fresh-process reload of the final checkpoint through the pipeline."""
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+from modeling_blsp_emo import PIPELINE_TASK
+from modeling_blsp_emo.prompts import EMOTION_CONTINUATION_INSTRUCTION
+from modeling_blsp_emo.speech_lengths import SAMPLING_RATE
+from processing.manifests import write_jsonl
+from processing.target_generation import emotion_demonstration, emotion_prompt
+from trainers.checkpoints import load_blsp_emo
+from trainers.checkpoints.bundled import resolve_model_spec
+from trainers.evaluation import cascade_predictions, evaluate_ser, retrieval_targets, ser_metrics, writer_retrieval
+
+# Result name → checkpoint folder in the demo's output.
+MODELS = {"stage2": "final", "stage1_only": "stage1"}
+
+
+def held_out_clips(rows: list[dict], limit: int | None, seed: int) -> list[dict]:
+    """Test clips (sentences and voices unseen in training), a seeded sample of `limit` when capped."""
+    if limit is not None and len(rows) > limit:
+        return random.Random(seed).sample(rows, limit)
+    return rows
+
+
+def whisper_transcriber(path: str):
+    """`transcribe(16-kHz array) -> text` with a Whisper checkpoint (greedy)."""
+    import torch
+    from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+    processor = WhisperProcessor.from_pretrained(path)
+    model = WhisperForConditionalGeneration.from_pretrained(path).eval()
+
+    @torch.inference_mode()
+    def transcribe(clip) -> str:
+        features = processor(clip, sampling_rate=SAMPLING_RATE, return_tensors="pt").input_features
+        return processor.batch_decode(model.generate(features, max_new_tokens=96), skip_special_tokens=True)[0].strip()
+
+    return transcribe
+
+
+def evaluate_demo(
+    root: Path, rows: list[dict], *, encoder: str, batch_size: int, demonstrations: bool, cascade: bool
+) -> dict:
+    """Evaluate the demo's checkpoints in `root` on the held-out `rows` and write `results.json`.
+
+    `encoder` is the Whisper the cascade transcribes with; `demonstrations` says whether the targets
+    were written with worked examples (the writer's ceiling is scored with the same prompt)."""
+    truth = [row["emotion"] for row in rows]
+    targets = retrieval_targets(root / "targets_stage2")
+    results = {"test_clips": len(rows), "chance": None}
+    for name, checkpoint in MODELS.items():
+        model, processor = load_blsp_emo(str(root / checkpoint))
+        model.eval()
+        results["chance"] = 1 / len(model.config.emotion_labels)
+        results[name] = evaluate_ser(
+            model, processor, rows, root / "eval", targets=targets, batch_size=batch_size, name=name
+        )
+    # The base model is the LLM that wrote the targets and the cascade's LLM.
+    writer, processor = load_blsp_emo(str(root / "base"))
+    writer.eval()
+    labels = writer.config.emotion_labels
+    results["writer_retrieval"] = writer_retrieval(
+        writer, processor.tokenizer, targets, labels, [row["text"] for row in rows], emotion_prompt,
+        emotion_demonstration if demonstrations else None,
+    )
+    if cascade:
+        transcribe = whisper_transcriber(resolve_model_spec(encoder))
+        predictions = cascade_predictions(transcribe, writer, processor.tokenizer, [row["audio"] for row in rows], labels)
+        write_jsonl(root / "eval" / "cascade_predictions.jsonl", [{**r, **p} for r, p in zip(rows, predictions)])
+        results["cascade"] = {"generative": ser_metrics([p["parsed"] for p in predictions], truth, labels)}
+    results["stage1_kl"] = json.loads((root / "stage1_eval.json").read_text())
+    (root / "results.json").write_text(json.dumps(results, indent=2))
+    return results
+
+
+PIPELINE_SCRIPT = """
+import json, sys
+from transformers import pipeline
+final, clips, instruction, task = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3], sys.argv[4]
+pipe = pipeline(task, model=final, trust_remote_code=True)
+rows = []
+for clip in clips:
+    emotion = pipe(clip["audio"], return_emotion=True, max_new_tokens=16)[0]
+    continuation = pipe(clip["audio"], prompt=instruction, max_new_tokens=32)[0]["generated_text"]
+    reply = pipe(clip["audio"], empathetic=True, max_new_tokens=48)[0]["generated_text"]
+    rows.append({**clip, "head_emotion": emotion["emotion"], "scores": emotion["scores"],
+                 "ser_answer": emotion["ser_answer"], "continuation": continuation, "empathetic_reply": reply})
+print(json.dumps({"rows": rows, "loaded_from": type(pipe.model).__module__}))
+"""
+
+
+def pipeline_examples(root: Path, rows: list[dict]) -> dict:
+    """One held-out clip per emotion through `pipeline(..., trust_remote_code=True)` in a process
+    that never imported this package; written to `pipeline_examples.json`."""
+    chosen = {}
+    for row in rows:
+        chosen.setdefault(row["emotion"], {"audio": row["audio"], "text": row["text"], "emotion": row["emotion"]})
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    env.update(HF_HOME=str(root / "hf_home"), HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
+    result = subprocess.run(
+        [sys.executable, "-I", "-c", PIPELINE_SCRIPT, str(root / "final"), json.dumps(list(chosen.values())),
+         EMOTION_CONTINUATION_INSTRUCTION, PIPELINE_TASK],
+        cwd=root, env=env, capture_output=True, text=True, check=False,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"fresh-process pipeline failed:\n{result.stderr[-3000:]}")
+    examples = json.loads(result.stdout.strip().splitlines()[-1])
+    (root / "pipeline_examples.json").write_text(json.dumps(examples, indent=2))
+    return examples

@@ -1,0 +1,116 @@
+"""The demo's report: results table, loss curves, confusion matrices and example responses."""
+
+import json
+from pathlib import Path
+
+from trainers.evaluation.plots import plot_curves
+
+CURVES = {"stage1": ("kl", "token_agreement"), "stage2": ("lm_loss", "emotion_loss", "emotion_accuracy")}
+
+
+def percent(value) -> str:
+    return "–" if value is None else f"{100 * value:.1f} %"
+
+
+def write_report(root: Path, *, encoder: str, llm: str) -> Path:
+    """Write `report.md` (and the training-curve plots) from what the demo's steps left in `root`."""
+    results = json.loads((root / "results.json").read_text())
+    for stage, names in CURVES.items():
+        plot_curves(root / f"{stage}_log.json", names, root / f"{stage}_curves.png", f"{stage} training")
+    examples = json.loads((root / "pipeline_examples.json").read_text())
+    timings = json.loads((root / "timings.json").read_text())
+    lines = [
+        "# BLSP-Emo demo report",
+        "",
+        f"Embedded default: encoder `{encoder}`, LLM `{llm}`; "
+        f"{results['test_clips']} held-out test clips (sentences and voices unseen in training); chance = {percent(results['chance'])}.",
+        "",
+        *ser_section(results),
+        *training_sections(results["stage1_kl"]),
+        *examples_section(examples),
+        *timings_section(timings),
+    ]
+    path = root / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def ser_section(results: dict) -> list[str]:
+    """The held-out SER table (stage 2, stage 1 only, cascade) and how to read it."""
+    lines = [
+        "## Speech emotion recognition on held-out clips",
+        "",
+        "| model | emotion head | answer to the SER query (parsed) | unparseable answers | emotion-target retrieval "
+        "| retrieval, normalized per sentence |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, label in (("stage2", "BLSP-Emo (stage 1 + 2)"), ("stage1_only", "stage 1 only")):
+        row = results[name]
+        lines.append(
+            f"| {label} | {percent(row['head']['accuracy'])} | {percent(row['generative']['accuracy'])} | "
+            f"{row['generative']['unanswered']} | {percent(row['retrieval']['accuracy'])} "
+            f"({row['retrieval']['clips']} clips) | {percent(row['retrieval']['normalized_accuracy'])} |"
+        )
+    if "cascade" in results:
+        cascade = results["cascade"]["generative"]
+        lines.append(f"| Whisper → LLM cascade | – | {percent(cascade['accuracy'])} | {cascade['unanswered']} | – | – |")
+    lines += [
+        "",
+        "Every test sentence is spoken in every emotion, so a system that reads only the words (the cascade) "
+        "is at chance by construction: that is the paper's point, not a win for BLSP-Emo. Retrieval asks which "
+        "of the five emotion-aware continuations the LLM wrote for a clip's sentence the model finds most "
+        "likely given the speech; clips whose continuations are not all different are left out "
+        f"({results['stage2']['retrieval']['left_out_identical_targets']} here). The plain measure also rewards "
+        "continuations that are likely in themselves (short or repetitive ones win for every clip); the "
+        "normalized one first subtracts each continuation's mean score over all clips of its sentence, "
+        "leaving how much the clip's voice raises it.",
+        "",
+        f"How far plain retrieval can go is set by the targets: the LLM that wrote them, given a test sentence "
+        f"*and told its true emotion*, finds that emotion's target the likeliest of the five "
+        f"{percent(results['writer_retrieval']['accuracy'])} of the time "
+        f"({results['writer_retrieval']['sentences']} sentences × {len(results['writer_retrieval']['predictions'])} emotions). "
+        "A small writer's continuations differ more in how fluent they are than in how they follow the emotion.",
+        "",
+    ]
+    return lines
+
+
+def training_sections(kl: dict) -> list[str]:
+    """Stage 1's held-out KL before and after, and both stages' curves and confusion matrices."""
+    return [
+        "## Stage 1: semantic alignment",
+        "",
+        f"Held-out KL(teacher ‖ student): {kl['before']['eval_kl']:.3f} before → {kl['after']['eval_kl']:.3f} after; "
+        f"token agreement {percent(kl['before']['eval_token_agreement'])} → {percent(kl['after']['eval_token_agreement'])}.",
+        "",
+        "![stage 1](stage1_curves.png)",
+        "",
+        "## Stage 2: emotion alignment",
+        "",
+        "![stage 2](stage2_curves.png)",
+        "",
+        "![head](eval/stage2_head_confusion.png) ![answers](eval/stage2_generative_confusion.png)",
+        "",
+    ]
+
+
+def examples_section(examples: dict) -> list[str]:
+    """One held-out clip per emotion as the fresh-process pipeline answered it."""
+    lines = [
+        f"## The final checkpoint in a fresh process (`{examples['loaded_from']}`)",
+        "",
+        "| true emotion | sentence | emotion head | continuation given the speech | empathetic reply |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for row in examples["rows"]:
+        cells = [row["emotion"], row["text"], row["head_emotion"], row["continuation"], row["empathetic_reply"]]
+        lines.append("| " + " | ".join(str(cell).replace("|", "/").replace("\n", " ") for cell in cells) + " |")
+    return lines
+
+
+def timings_section(timings: dict) -> list[str]:
+    return [
+        "", "## Time per step (seconds)", "", "| step | seconds |", "| --- | --- |",
+        *(f"| {step} | {seconds} |" for step, seconds in timings.items()),
+        f"| total | {sum(timings.values()):.0f} |",
+    ]

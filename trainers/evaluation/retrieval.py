@@ -1,0 +1,161 @@
+"""Emotion-target retrieval: which of a sentence's emotion-aware continuations the model finds most
+likely given the speech, and the ceiling the targets allow (their writer, told the true emotion)."""
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from modeling_blsp_emo import BlspEmoForConditionalGeneration, BlspEmoProcessor, load_audio
+from modeling_blsp_emo.prompts import EMOTION_CONTINUATION_INSTRUCTION, NEUTRAL_SYSTEM_PROMPT
+from modeling_blsp_emo.speech_lengths import SAMPLING_RATE
+from processing.collators import IGNORE_INDEX, SpeechContinuationCollator
+from processing.target_generation import load_targets, writing_chat
+from trainers.training.losses import mean_response_log_probs, predicting_positions
+
+
+@torch.inference_mode()
+def continuation_log_likelihoods(
+    model: BlspEmoForConditionalGeneration, processor: BlspEmoProcessor, audio, candidates: Sequence[str]
+) -> list[float]:
+    """Mean log-probability per token of each candidate continuation, given the speech and the
+    stage-2 instruction."""
+    collator = SpeechContinuationCollator(processor, EMOTION_CONTINUATION_INSTRUCTION)
+    clip = {"array": load_audio(audio), "sampling_rate": SAMPLING_RATE}
+    batch = collator([{"audio": clip, "target": text, "truncated": False} for text in candidates])
+    batch = {name: tensor.to(model.device) for name, tensor in batch.items()}
+    labels = batch.pop("labels")
+    positions = predicting_positions(labels)
+    return mean_response_log_probs(model(**batch, logits_to_keep=positions).logits, labels, positions).tolist()
+
+
+@torch.inference_mode()
+def reply_log_likelihoods(model, tokenizer, chat: list[dict], candidates: Sequence[str]) -> list[float]:
+    """Mean log-probability per token of each candidate as the assistant's reply to a text `chat`
+    (messages up to the last user turn), through the tokenizer's chat template."""
+    prompt = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    replies = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in candidates]
+    length = len(prompt_ids) + max(len(reply) for reply in replies)
+    padding = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0  # masked: any id serves
+    input_ids = torch.full((len(replies), length), padding, dtype=torch.long)
+    labels = torch.full_like(input_ids, IGNORE_INDEX)
+    attention_mask = torch.zeros_like(input_ids)
+    for row, reply in enumerate(replies):
+        end = len(prompt_ids) + len(reply)
+        input_ids[row, :end] = torch.tensor(prompt_ids + reply)
+        labels[row, len(prompt_ids) : end] = torch.tensor(reply)
+        attention_mask[row, :end] = 1
+    input_ids, labels, attention_mask = (tensor.to(model.device) for tensor in (input_ids, labels, attention_mask))
+    positions = predicting_positions(labels)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+    return mean_response_log_probs(logits[positions], labels, positions).tolist()
+
+
+def writer_retrieval(
+    model,
+    tokenizer,
+    targets: dict[tuple[str, str], str],
+    labels: Sequence[str],
+    texts: Sequence[str],
+    prompt: Callable[[dict], str],
+    demonstration: Callable[[dict], list[dict]] | None = None,
+    system_prompt: str = NEUTRAL_SYSTEM_PROMPT,
+) -> dict:
+    """The ceiling of emotion-target retrieval that the targets allow: the LLM that wrote them, given
+    each sentence's transcript *and its true emotion* in the writing prompt, picks the most likely of
+    the sentence's targets. A writer that finds its own sad continuation likelier than its happy one
+    even when told the sentence is happy leaves no speech model a reason to do better.
+
+    Sentences of `texts` whose targets are missing for a label or not all different are left out.
+    Returns `{"accuracy", "sentences", "predictions": {emotion: [retrieved emotion per sentence]}}`."""
+    usable = [
+        text for text in dict.fromkeys(texts)
+        if all((text, label) in targets for label in labels) and len({targets[text, label] for label in labels}) == len(labels)
+    ]
+    predictions: dict[str, list[str]] = {label: [] for label in labels}
+    for text in tqdm(usable, desc="writer retrieval", unit="sentence"):
+        candidates = [targets[text, label] for label in labels]
+        for label in labels:
+            example = {"text": text, "emotion": label}
+            history = demonstration(example) if demonstration else ()
+            scores = reply_log_likelihoods(model, tokenizer, writing_chat(prompt(example), system_prompt, history), candidates)
+            predictions[label].append(labels[int(np.argmax(scores))])
+    hits = sum(retrieved == label for label in labels for retrieved in predictions[label])
+    return {"accuracy": hits / max(len(usable) * len(labels), 1), "sentences": len(usable), "predictions": predictions}
+
+
+def retrieval_predictions(
+    model: BlspEmoForConditionalGeneration, processor: BlspEmoProcessor, examples: Sequence[dict]
+) -> list[dict]:
+    """For examples with `audio`, `emotion` and `candidates` ({emotion: target of the same sentence}):
+    the emotion whose target the model finds most likely. Examples whose candidates are not all
+    different cannot be told apart and are marked `ambiguous` (left out of the accuracy)."""
+    results = []
+    for example in tqdm(examples, desc="target retrieval", unit="clip"):
+        emotions = list(example["candidates"])
+        texts = [example["candidates"][emotion] for emotion in emotions]
+        scores = continuation_log_likelihoods(model, processor, example["audio"], texts)
+        results.append(
+            {
+                "retrieved": emotions[int(np.argmax(scores))],
+                "scores": dict(zip(emotions, scores)),
+                "ambiguous": len(set(texts)) < len(texts),
+            }
+        )
+    return results
+
+
+def retrieval_targets(folder: str | Path) -> dict[tuple[str, str], str]:
+    """`{(text, emotion): target}` from `generate-targets --emotion` output. Refusals are kept: they
+    are left out of training, but retrieval ranks everything the LLM wrote for a sentence, and a
+    sentence short of one target could not be used at all."""
+    return {(r["text"], r["emotion"]): r["target"] for r in load_targets(folder, drop_refusals=False)}
+
+
+def target_retrieval(
+    model: BlspEmoForConditionalGeneration,
+    processor: BlspEmoProcessor,
+    rows: Sequence[dict],
+    targets: dict[tuple[str, str], str],
+) -> tuple[list[dict | None], dict]:
+    """Retrieval over clips (`audio`, `text`, `emotion`) whose sentence has a target for every
+    label in `targets` ({(text, emotion): target}). Returns per-row results (None where a target is
+    missing) and `{"accuracy", "normalized_accuracy", "clips", "left_out_identical_targets"}`.
+
+    `accuracy` is the plain measure: the true emotion's target is the most likely one. It also
+    measures how likely each text is in itself (a short, repetitive continuation wins for every
+    clip), so `normalized_accuracy` first subtracts from each candidate's score its mean over all
+    clips of the same sentence: what is left is how much *this* clip's voice raises a continuation.
+    It uses no labels, but it assumes each sentence is heard in a mix of emotions (as in the
+    synthetic corpus, where every sentence is spoken in all of them)."""
+    labels = model.config.emotion_labels
+    usable = [i for i, row in enumerate(rows) if all((row["text"], label) in targets for label in labels)]
+    examples = [
+        {"audio": rows[i]["audio"], "emotion": rows[i]["emotion"],
+         "candidates": {label: targets[(rows[i]["text"], label)] for label in labels}}
+        for i in usable
+    ]
+    per_row: list[dict | None] = [None] * len(rows)
+    for i, result in zip(usable, retrieval_predictions(model, processor, examples)):
+        per_row[i] = result
+    distinct = [i for i in usable if not per_row[i]["ambiguous"]]
+    by_sentence: dict[str, list[int]] = {}
+    for i in distinct:
+        by_sentence.setdefault(rows[i]["text"], []).append(i)
+    for members in by_sentence.values():
+        scores = np.array([[per_row[i]["scores"][label] for label in labels] for i in members])
+        for i, row_scores in zip(members, scores - scores.mean(0)):
+            per_row[i]["retrieved_normalized"] = labels[int(np.argmax(row_scores))]
+    def accuracy(key: str) -> float:
+        return sum(per_row[i][key] == rows[i]["emotion"] for i in distinct) / max(len(distinct), 1)
+
+    summary = {
+        "accuracy": accuracy("retrieved"),
+        "normalized_accuracy": accuracy("retrieved_normalized"),
+        "clips": len(distinct),
+        "left_out_identical_targets": len(usable) - len(distinct),
+    }
+    return per_row, summary

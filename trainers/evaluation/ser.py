@@ -1,0 +1,159 @@
+"""Speech emotion recognition, three ways: the model's own answer to the SER query (parsed from
+free text), the emotion head, and emotion-target retrieval (`trainers.evaluation.retrieval`); and
+`evaluate_ser`, the one flow the CLI and the demo run."""
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import evaluate
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from modeling_blsp_emo import BlspEmoForConditionalGeneration, BlspEmoProcessor, load_audio
+from modeling_blsp_emo.prompts import NEUTRAL_SYSTEM_PROMPT, ser_instruction
+from modeling_blsp_emo.speech_lengths import SAMPLING_RATE
+from processing.manifests import write_jsonl
+from processing.target_generation import continue_texts
+from trainers.evaluation.metrics import SER_METRICS_PATH
+from trainers.evaluation.plots import plot_confusion
+from trainers.evaluation.retrieval import target_retrieval
+
+# Words an answer may use for each of the release's labels.
+EMOTION_SYNONYMS = {
+    "neutral": ("neutral", "calm", "no particular emotion", "no emotion", "indifferent"),
+    "happy": ("happy", "happiness", "joy", "joyful", "excited", "excitement", "glad", "cheerful", "delighted"),
+    "angry": ("angry", "anger", "mad", "furious", "annoyed", "irritated", "frustrated", "rage"),
+    "sad": ("sad", "sadness", "unhappy", "sorrow", "sorrowful", "depressed", "upset", "melancholy"),
+    "surprise": ("surprise", "surprised", "astonished", "astonishment", "amazed", "shocked", "shock"),
+}
+
+
+def parse_emotion(answer: str, labels: Sequence[str]) -> str | None:
+    """The label an answer names ("The emotion tone of the speech is sad." → "sad"), through
+    synonyms and any case; None when it names none. Negated mentions ("not happy") are ignored;
+    of several labels the first named wins."""
+    text = answer.lower()
+    mentions = []
+    for label in labels:
+        for word in EMOTION_SYNONYMS.get(label, ()) + (label.lower(),):
+            for match in re.finditer(rf"\b{re.escape(word)}\b", text):
+                if not re.search(r"\b(not|no|isn't|n't)\s+$", text[: match.start()][-12:]):
+                    mentions.append((match.start(), label))
+    return min(mentions)[1] if mentions else None
+
+
+def conversation(clip: np.ndarray, instruction: str) -> list[dict]:
+    """A SER chat for a 16-kHz clip."""
+    audio = {"type": "audio", "audio": clip, "sampling_rate": SAMPLING_RATE}
+    return [
+        {"role": "system", "content": NEUTRAL_SYSTEM_PROMPT},
+        {"role": "user", "content": [{"type": "text", "text": instruction}, audio]},
+    ]
+
+
+@torch.inference_mode()
+def predict_emotions(
+    model: BlspEmoForConditionalGeneration,
+    processor: BlspEmoProcessor,
+    clips: Sequence,
+    batch_size: int = 8,
+    max_new_tokens: int = 24,
+) -> list[dict]:
+    """Per clip: the model's answer to the SER query, the label parsed from it (or None), and the
+    emotion head's label and scores."""
+    labels = model.config.emotion_labels
+    query = ser_instruction(labels)
+    results = []
+    for start in tqdm(range(0, len(clips), batch_size), desc="SER", unit="batch"):
+        batch = [load_audio(clip) for clip in clips[start : start + batch_size]]
+        inputs = processor.apply_chat_template([conversation(clip, query) for clip in batch]).to(model.device)
+        generated = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+        answers = processor.batch_decode(generated[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+        embeds, lengths = model.model.get_audio_features(inputs["input_features"], inputs["feature_attention_mask"])
+        probabilities = model.classify_emotion(embeds, lengths, inputs["audio_item_index"]).float().softmax(-1)
+        for answer, scores in zip(answers, probabilities.tolist()):
+            results.append(
+                {
+                    "answer": answer.strip(),
+                    "parsed": parse_emotion(answer, labels),
+                    "head": labels[int(np.argmax(scores))],
+                    "head_scores": dict(zip(labels, scores)),
+                }
+            )
+    return results
+
+
+@torch.inference_mode()
+def cascade_predictions(
+    transcribe, model, tokenizer, clips: Sequence, labels: Sequence[str], batch_size: int = 8
+) -> list[dict]:
+    """The paper's cascade baseline: `transcribe(clip) -> text` (e.g. Whisper), then the LLM answers
+    the SER query with the transcript in place of the speech. It cannot hear tone of voice."""
+    query = ser_instruction(labels)
+    transcripts = [transcribe(load_audio(clip)) for clip in tqdm(clips, desc="transcribing", unit="clip")]
+    answers = []
+    for start in range(0, len(transcripts), batch_size):
+        prompts = [query + text for text in transcripts[start : start + batch_size]]
+        answers.extend(text for text, _ in continue_texts(model, tokenizer, prompts, max_new_tokens=24))
+    return [
+        {"transcript": transcript, "answer": answer, "parsed": parse_emotion(answer, labels)}
+        for transcript, answer in zip(transcripts, answers)
+    ]
+
+
+def ser_metrics(predicted: Sequence[str | None], references: Sequence[str], labels: Sequence[str]) -> dict:
+    """Accuracy, UA, WA, macro-F1, unanswered count and confusion matrix (None = unanswered)."""
+    ids = {label: index for index, label in enumerate(labels)}
+    metric = evaluate.load(SER_METRICS_PATH)
+    return metric.compute(
+        predictions=[ids.get(label, -1) if label is not None else -1 for label in predicted],
+        references=[ids[label] for label in references],
+        num_labels=len(labels),
+    )
+
+
+def evaluate_ser(
+    model: BlspEmoForConditionalGeneration,
+    processor: BlspEmoProcessor,
+    rows: Sequence[dict],
+    output: str | Path,
+    *,
+    targets: dict[tuple[str, str], str] | None = None,
+    batch_size: int = 8,
+    name: str | None = None,
+) -> dict:
+    """Evaluate SER on `rows` (`audio`, `emotion`; `text` too for retrieval) and write the evidence.
+
+    Returns `{"generative": metrics, "head": metrics}` plus `"retrieval"` when emotion `targets`
+    ({(text, emotion): target}) are given. Writes into `output` the predictions (each row's fields
+    that are plain values, with its predictions) and a confusion-matrix plot per method:
+    `predictions.jsonl`, `confusion_{head,generative}.png`, or with a model `name`,
+    `{name}_predictions.jsonl`, `{name}_{head,generative}_confusion.png`.
+    """
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    labels = model.config.emotion_labels
+    truth = [row["emotion"] for row in rows]
+    predictions = predict_emotions(model, processor, [row["audio"] for row in rows], batch_size)
+    metrics = {
+        "generative": ser_metrics([p["parsed"] for p in predictions], truth, labels),
+        "head": ser_metrics([p["head"] for p in predictions], truth, labels),
+    }
+    retrieved = [None] * len(rows)
+    if targets is not None:
+        retrieved, metrics["retrieval"] = target_retrieval(model, processor, rows, targets)
+    write_jsonl(output / (f"{name}_predictions.jsonl" if name else "predictions.jsonl"), [
+        {**_plain_fields(row), **prediction, **({"retrieval": result} if result else {})}
+        for row, prediction, result in zip(rows, predictions, retrieved)
+    ])
+    for kind, description in (("head", "emotion head"), ("generative", "answer to SER query")):
+        plot = output / (f"{name}_{kind}_confusion.png" if name else f"confusion_{kind}.png")
+        plot_confusion(metrics[kind]["confusion_matrix"], labels, plot, f"{name}: {description}" if name else description)
+    return metrics
+
+
+def _plain_fields(row: dict) -> dict:
+    """The fields of a data row that a JSON line can hold (decoded audio arrays are left out)."""
+    return {key: value for key, value in row.items() if isinstance(value, (str, int, float, bool, type(None)))}

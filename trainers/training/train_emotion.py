@@ -1,0 +1,71 @@
+"""`blsp-emo train-emotion`: stage-2 training, or fine-tuning a BLSP-Emo checkpoint on new emotion data."""
+
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+from modeling_blsp_emo.prompts import EMOTION_CONTINUATION_INSTRUCTION
+from processing.augmentation import EmotionSafeAugmentation
+from processing.collators import SpeechContinuationCollator
+from processing.target_generation import load_targets
+from trainers.checkpoints.builder import save_checkpoint
+from trainers.checkpoints.loading import load_blsp_emo
+from trainers.training.base import save_trained_weights
+from trainers.training.emotion_alignment import EmotionAlignmentTrainer, LoraSettings, finalize, prepare_for_emotion_alignment
+
+
+@dataclass
+class EmotionAlignmentArguments:
+    model: str = field(metadata={"help": "BLSP-Emo checkpoint (after stage 1, or a trained one to fine-tune)"})
+    targets: str = field(metadata={"help": "folder written by `blsp-emo generate-targets --emotion`"})
+    eval_targets: str | None = field(default=None, metadata={"help": "held-out targets folder for evaluation"})
+    labels: str | None = field(default=None, metadata={"help": "new emotion label set, comma separated (resizes the head)"})
+    lora_scope: str = field(default="audio", metadata={"help": "audio (speech positions only), global, or none"})
+    lora_rank: int = 16
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    lora_target_modules: str | None = field(default=None, metadata={"help": "comma-separated layer names; default all"})
+    freeze_encoder: bool = field(default=False, metadata={"help": "keep the Whisper encoder frozen"})
+    er_weight: float = field(default=1.0, metadata={"help": "weight of the emotion-classification loss"})
+    head_learning_rate: float | None = field(default=None, metadata={"help": "own learning rate for the emotion head"})
+    encoder_learning_rate: float | None = field(
+        default=None, metadata={"help": "own learning rate for the Whisper encoder (lower than the LoRA/adapter one)"}
+    )
+    augment: bool = field(default=False, metadata={"help": "noise/gain/reverb/filter augmentation of training audio"})
+    trained_weights_output: str | None = field(default=None, metadata={"help": "also save only the trained weights here"})
+    dtype: str | None = None
+
+
+def train_emotion(arguments: EmotionAlignmentArguments, training: TrainingArguments) -> EmotionAlignmentTrainer:
+    """Run stage 2 and save a full checkpoint (LoRA merged when global) in `training.output_dir`."""
+    model, processor = load_blsp_emo(arguments.model, arguments.dtype)
+    if arguments.labels:
+        model.set_emotion_labels(arguments.labels.split(","))
+    train_records = load_targets(arguments.targets)
+    unknown = {record["emotion"] for record in train_records} - set(model.config.label2id)
+    if unknown:
+        raise ValueError(f"{arguments.targets}: labels {sorted(unknown)} are not the model's {model.config.emotion_labels}; pass --labels")
+    lora = LoraSettings(
+        arguments.lora_scope, arguments.lora_rank, arguments.lora_alpha, arguments.lora_dropout,
+        arguments.lora_target_modules.split(",") if arguments.lora_target_modules else None,
+    )
+    trained = prepare_for_emotion_alignment(model, lora, train_encoder=not arguments.freeze_encoder)
+    collator = SpeechContinuationCollator(
+        processor, EMOTION_CONTINUATION_INSTRUCTION, label2id=model.config.label2id,
+        augment=EmotionSafeAugmentation() if arguments.augment else None,
+    )
+    trainer = EmotionAlignmentTrainer(
+        model=trained, args=training, train_dataset=train_records,
+        eval_dataset=load_targets(arguments.eval_targets) if arguments.eval_targets else None,
+        data_collator=collator, er_weight=arguments.er_weight, head_learning_rate=arguments.head_learning_rate,
+        encoder_learning_rate=arguments.encoder_learning_rate,
+        eval_data_collator=SpeechContinuationCollator(
+            processor, EMOTION_CONTINUATION_INSTRUCTION, label2id=model.config.label2id
+        ),
+    )
+    trainer.train(resume_from_checkpoint=training.resume_from_checkpoint)
+    if trainer.is_world_process_zero():
+        if arguments.trained_weights_output:
+            save_trained_weights(trainer.accelerator.unwrap_model(trainer.model), arguments.trained_weights_output)
+        save_checkpoint(finalize(trainer.accelerator.unwrap_model(trainer.model)), processor, training.output_dir)
+    return trainer

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from transformers.audio_utils import load_audio as _hf_load_audio
 
-TARGET_SAMPLING_RATE = 16000
+from .speech_lengths import SAMPLING_RATE
 
 _MIN_SAMPLING_RATE = 1000
 _MAX_SAMPLING_RATE = 384000
@@ -110,7 +110,7 @@ def load_audio(item: Any, sampling_rate: int | None = None, name: str | None = N
     or `path`), or a torchcodec-style decoder with `get_all_samples()`. `name` labels the item
     in error messages. Raises `AudioInputError` for anything unusable.
     """
-    name = name if name is not None else _describe(item, "audio")
+    name = name if name is not None else describe_audio_item(item)
     if isinstance(item, (str, os.PathLike)):
         return _check_decoded(_decode_path(os.fsdecode(item), name), name)
     if isinstance(item, (bytes, bytearray)):
@@ -132,10 +132,13 @@ def load_audio_batch(items: Any, sampling_rate: int | None = None) -> list[np.nd
     """Load a single item or a sequence of items with `load_audio`, naming each in errors."""
     if not isinstance(items, Sequence) or isinstance(items, (str, bytes, bytearray)):
         items = [items]
-    return [load_audio(item, sampling_rate, _describe(item, f"audio item {i}")) for i, item in enumerate(items)]
+    return [load_audio(item, sampling_rate, describe_audio_item(item, i)) for i, item in enumerate(items)]
 
 
-def _describe(item: Any, default: str) -> str:
+def describe_audio_item(item: Any, index: int | None = None) -> str:
+    """How errors name an audio item (item `index` of a batch): its path, or `audio` / `audio item N`,
+    followed by the path of a `{"path": ...}` dict."""
+    default = "audio" if index is None else f"audio item {index}"
     if isinstance(item, (str, os.PathLike)):
         return os.fsdecode(item)
     if isinstance(item, dict) and isinstance(item.get("path"), (str, os.PathLike)):
@@ -175,7 +178,7 @@ def _decode_bytes(data: bytes, name: str) -> np.ndarray:
 
 def _decode(source: str, name: str) -> np.ndarray:
     try:
-        return _hf_load_audio(source, sampling_rate=TARGET_SAMPLING_RATE, backend="soundfile")
+        return _hf_load_audio(source, sampling_rate=SAMPLING_RATE, backend="soundfile")
     except (RuntimeError, ValueError, OSError, EOFError) as exc:
         raise AudioInputError(f"{name}: could not decode audio ({type(exc).__name__}: {exc})") from exc
 
@@ -198,7 +201,7 @@ def _from_samples(samples: Any, sampling_rate: Any, name: str, channels_first: b
     waveform = _to_float(samples, name)
     _check_samples(waveform, name)
     waveform = _to_mono(waveform, name, channels_first)
-    return np.ascontiguousarray(resample(waveform, rate, TARGET_SAMPLING_RATE), dtype=np.float32)
+    return np.ascontiguousarray(resample(waveform, rate, SAMPLING_RATE), dtype=np.float32)
 
 
 def _validate_rate(rate: Any, name: str) -> int:

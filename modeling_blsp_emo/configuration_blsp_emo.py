@@ -5,6 +5,7 @@ from typing import Literal
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
+from .speech_lengths import parse_kernel_sizes
 from .version import __version__
 
 # The release's label order (ids 0..4); checkpoints trained on other data store their own.
@@ -80,7 +81,7 @@ class BlspEmoConfig(PreTrainedConfig):
     @property
     def kernel_sizes(self) -> tuple[int, ...]:
         """`conv_kernel_sizes` as integers."""
-        return tuple(int(size) for size in str(self.conv_kernel_sizes).split(",") if size.strip())
+        return parse_kernel_sizes(self.conv_kernel_sizes)
 
     @property
     def emotion_labels(self) -> list[str]:

@@ -11,9 +11,17 @@ import numpy as np
 import torch
 from transformers import BatchFeature, ProcessorMixin
 
-from .audio_loading import TARGET_SAMPLING_RATE, AudioInputError, load_audio
+from .audio_loading import AudioInputError, describe_audio_item, load_audio, load_audio_batch
 from .prompts import NEUTRAL_SYSTEM_PROMPT
-from .speech_lengths import MIN_SAMPLES, WINDOW_FRAMES, mel_frames, num_speech_embeddings, split_into_windows
+from .speech_lengths import (
+    MIN_SAMPLES,
+    SAMPLING_RATE,
+    WINDOW_FRAMES,
+    mel_frames,
+    num_speech_embeddings,
+    parse_kernel_sizes,
+    split_into_windows,
+)
 
 Message = dict[str, Any]
 # Keys under which a chat content item may carry its audio.
@@ -53,7 +61,7 @@ class BlspEmoProcessor(ProcessorMixin):
 
     @property
     def kernel_sizes(self) -> tuple[int, ...]:
-        return tuple(int(size) for size in self.conv_kernel_sizes.split(","))
+        return parse_kernel_sizes(self.conv_kernel_sizes)
 
     @property
     def model_input_names(self) -> list[str]:
@@ -64,7 +72,7 @@ class BlspEmoProcessor(ProcessorMixin):
         one at a time: batching would let padding shift a clip's last frames."""
         padding = "longest" if self.audio_padding == "longest" else "max_length"
         extracted = self.feature_extractor(
-            window, sampling_rate=TARGET_SAMPLING_RATE, padding=padding, return_attention_mask=True, return_tensors="np"
+            window, sampling_rate=SAMPLING_RATE, padding=padding, return_attention_mask=True, return_tensors="np"
         )
         frames = mel_frames(len(window), self.audio_padding)
         return extracted["input_features"][0], frames
@@ -118,13 +126,13 @@ class BlspEmoProcessor(ProcessorMixin):
                 f"the text has {num_placeholders} audio placeholder(s) {self.audio_token!r} but {len(items)} audio "
                 "item(s) were given; put one placeholder where each audio item goes"
             )
-        clips = []
-        for index, item in enumerate(items):
-            name = item if isinstance(item, str) else f"audio item {index}"
-            clip = load_audio(item, sampling_rate=sampling_rate, name=name)
+        clips = load_audio_batch(items, sampling_rate)
+        for index, clip in enumerate(clips):
             if len(clip) < MIN_SAMPLES:
-                raise AudioInputError(f"{name}: {len(clip)} samples at 16 kHz is too short (at least {MIN_SAMPLES}, 25 ms)")
-            clips.append(clip)
+                raise AudioInputError(
+                    f"{describe_audio_item(items[index], index)}: {len(clip)} samples at 16 kHz is too short "
+                    f"(at least {MIN_SAMPLES}, 25 ms)"
+                )
         expanded = self.expand_audio_tokens(texts, clips)
         encoded = self.tokenizer(
             expanded, padding=True, padding_side=padding_side, return_tensors=return_tensors, **tokenizer_kwargs
@@ -219,11 +227,10 @@ class BlspEmoProcessor(ProcessorMixin):
                 )
             )
             for item, rate in zip(audios, rates):
-                name = item if isinstance(item, str) else f"audio item {len(clips)}"
-                clips.append(load_audio(item, sampling_rate=rate, name=name))
+                clips.append(load_audio(item, sampling_rate=rate, name=describe_audio_item(item, len(clips))))
         if not tokenize:
             return texts if batched else texts[0]
-        return self(text=texts, audio=clips, sampling_rate=TARGET_SAMPLING_RATE, **kwargs)
+        return self(text=texts, audio=clips, sampling_rate=SAMPLING_RATE, **kwargs)
 
     def batch_decode(self, *args, **kwargs) -> list[str]:
         return self.tokenizer.batch_decode(*args, **kwargs)

@@ -8,13 +8,18 @@ windows of at most 30 s, each encoded on its own; their embeddings are concatena
 import math
 from typing import Sequence, TypeVar
 
-SAMPLING_RATE = 16000
+SAMPLING_RATE = 16000  # the rate Whisper's features and every clip in this package use
 HOP_LENGTH = 160  # samples per mel frame
 WINDOW_SAMPLES = 30 * SAMPLING_RATE  # Whisper's receptive field: 30 s
 WINDOW_FRAMES = WINDOW_SAMPLES // HOP_LENGTH
 MIN_SAMPLES = 400  # one 25-ms STFT window; Whisper's feature extractor cannot frame less
 
 Length = TypeVar("Length")  # an int or an integer tensor
+
+
+def parse_kernel_sizes(conv_kernel_sizes: str) -> tuple[int, ...]:
+    """`"5,5,5"` → `(5, 5, 5)`: the adapter's kernel sizes as stored in config and processor."""
+    return tuple(int(size) for size in str(conv_kernel_sizes).split(",") if size.strip())
 
 
 def conv_output_length(length: Length, kernel_size: int, stride: int = 2) -> Length:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-SAMPLING_RATE = 16000
+from modeling_blsp_emo.speech_lengths import SAMPLING_RATE
 
 
 @dataclass

@@ -9,14 +9,14 @@ import soxr
 import torch
 
 from modeling_blsp_emo.audio_loading import (
-    TARGET_SAMPLING_RATE,
     AudioInputError,
     load_audio,
     load_audio_batch,
     resample,
 )
+from modeling_blsp_emo.speech_lengths import SAMPLING_RATE
 
-SR = TARGET_SAMPLING_RATE
+SR = SAMPLING_RATE
 
 
 def sine(freq: float, sr: int, seconds: float = 1.0, amplitude: float = 0.5) -> np.ndarray:

@@ -8,7 +8,7 @@ import soundfile
 import torch
 
 from modeling_blsp_emo.prompts import EMPATHETIC_SYSTEM_PROMPT
-from trainers.cli import main
+from trainers.cli.main import main
 from trainers.inference.chat import BlspEmoChat, ChatInputError
 
 from tiny_models import PAD_TOKEN_ID, random_clip, tiny_model

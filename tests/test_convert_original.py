@@ -24,7 +24,7 @@ from trainers.checkpoints.original import convert as convert_module
 from trainers.checkpoints.original.convert import ConversionError, convert_original
 from trainers.checkpoints.original.layout import Target, map_key
 from trainers.checkpoints.original.qwen_v1_tokenizer import SPECIAL_TOKENS, qwen_v1_tokenizer
-from trainers.cli import main
+from trainers.cli.main import main
 
 from conftest import noise
 from fresh_process import run_isolated

@@ -115,7 +115,7 @@ def test_evaluate_ser_command_writes_predictions_metrics_and_plots(saved_checkpo
 
     import soundfile
 
-    from trainers.cli import main
+    from trainers.cli.main import main
 
     rows = []
     for index, emotion in enumerate(["sad", "ang", "hap"]):

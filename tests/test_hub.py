@@ -14,7 +14,7 @@ from transformers import TrainingArguments
 
 from trainers.checkpoints import describe_base_model
 from trainers.checkpoints.builder import build_blsp_emo
-from trainers.cli import main
+from trainers.cli.main import main
 from trainers.hub import (
     HubPublishError,
     checkpoint_files,

@@ -28,7 +28,7 @@ _PUBLIC_NAMES = {
     "ChatInputError": "trainers.inference",
     "Demo": "trainers.demo",
     "DemoSettings": "trainers.demo",
-    "main": "trainers.cli",
+    "main": "trainers.cli.main",
 }
 
 __all__ = sorted(_PUBLIC_NAMES)

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from modeling_blsp_emo.audio_loading import TARGET_SAMPLING_RATE, load_audio
+from modeling_blsp_emo.audio_loading import load_audio
+from modeling_blsp_emo.speech_lengths import SAMPLING_RATE
 from processing.manifests import read_manifest
 
 _FRAME_SECONDS = 0.04
@@ -75,7 +76,7 @@ def _activity(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return energy, energy >= peak * 10.0 ** (-_ACTIVITY_RANGE_DB / 10.0)
 
 
-def frame_f0(waveform: np.ndarray, sampling_rate: int = TARGET_SAMPLING_RATE) -> np.ndarray:
+def frame_f0(waveform: np.ndarray, sampling_rate: int = SAMPLING_RATE) -> np.ndarray:
     """Per-frame F0 in Hz (40 ms frames, 10 ms hop) from the windowed, normalised autocorrelation;
     unvoiced or silent frames are nan. `waveform` is 1-D float."""
     frames = _frames(np.asarray(waveform, dtype=np.float64), sampling_rate)
@@ -112,7 +113,7 @@ def frame_f0(waveform: np.ndarray, sampling_rate: int = TARGET_SAMPLING_RATE) ->
     return np.where(voiced, f0, np.nan)
 
 
-def clip_stats(waveform: np.ndarray, sampling_rate: int = TARGET_SAMPLING_RATE) -> ClipStats:
+def clip_stats(waveform: np.ndarray, sampling_rate: int = SAMPLING_RATE) -> ClipStats:
     """Mean F0 (Hz), speech duration (s) and active-speech RMS level (dBFS) of one waveform."""
     waveform = np.asarray(waveform, dtype=np.float64).reshape(-1)
     frames = _frames(waveform, sampling_rate)
@@ -137,7 +138,7 @@ def _robust_mean_f0(f0: np.ndarray) -> float:
     return float(kept.mean())
 
 
-def speech_bounds(waveform: np.ndarray, sampling_rate: int = TARGET_SAMPLING_RATE) -> tuple[float, float]:
+def speech_bounds(waveform: np.ndarray, sampling_rate: int = SAMPLING_RATE) -> tuple[float, float]:
     """(start, end) in seconds of the span from the first to the last active frame; (0, 0) if silent."""
     _, active = _activity(_frames(np.asarray(waveform, dtype=np.float64).reshape(-1), sampling_rate))
     return _bounds(active)
@@ -150,7 +151,7 @@ def _bounds(active: np.ndarray) -> tuple[float, float]:
     return first * _HOP_SECONDS, last * _HOP_SECONDS + _FRAME_SECONDS
 
 
-def speech_rms_dbfs(waveform: np.ndarray, sampling_rate: int = TARGET_SAMPLING_RATE) -> float:
+def speech_rms_dbfs(waveform: np.ndarray, sampling_rate: int = SAMPLING_RATE) -> float:
     """RMS level (dBFS) of the frames within 35 dB of the loudest one, i.e. ignoring pauses."""
     energy, active = _activity(_frames(np.asarray(waveform, dtype=np.float64).reshape(-1), sampling_rate))
     return _level_dbfs(energy, active)

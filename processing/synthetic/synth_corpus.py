@@ -237,20 +237,9 @@ def synthesize_corpus(
     unknown = sorted(set(emotions) - set(EMOTIONS))
     if unknown:
         raise ValueError(f"unknown emotions {unknown}; expected a subset of {list(EMOTIONS)}")
-    selected = set(ENGINES) if engines is None else set(engines)
-    if selected - set(ENGINES):
-        raise ValueError(f"unknown engines {sorted(selected - set(ENGINES))}; expected some of {list(ENGINES)}")
-    voices = [v for v in voices if v.engine in selected]
+    voices = _select_voices(voices, engines)
     test_voices = sorted(set(test_voices) & {v.speaker for v in voices})
-
-    if not voices:
-        raise ValueError(f"no voices left for engines {sorted(selected)}")
-    engine_objects = {name: ENGINES[name]() for name in {v.engine for v in voices}}
-    if "piper" in engine_objects:
-        engine_objects["piper"] = PiperEngine(noise=piper_noise)
-    check_sox()
-    for name in sorted(engine_objects):
-        engine_objects[name].check()
+    engine_objects = _ready_engines(voices, piper_noise)
 
     sentences = split_sentences(num_sentences, seed, validation_fraction, test_fraction)
     clips = plan_clips(sentences, voices, test_voices, voices_per_sentence, emotions, seed, audio_format)
@@ -266,6 +255,51 @@ def synthesize_corpus(
         logger.info("removed %d partial files left by an interrupted run", removed)
 
     missing = [c for c in clips if not os.path.exists(os.path.join(output_dir, c.audio))]
+    started = time.perf_counter()
+    seconds_per_clip = _render_missing(missing, engine_objects, output_dir, seed, workers, progress)
+    manifests = {}
+    for split in SPLITS:
+        rows = [c.row() for c in clips if c.split == split]
+        path = os.path.join(output_dir, f"{split}.jsonl")
+        _write_atomically(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+        manifests[split] = path
+    return {
+        "manifests": manifests,
+        "clips": {split: sum(c.split == split for c in clips) for split in SPLITS},
+        "synthesized": len(missing),
+        "skipped": len(clips) - len(missing),
+        "seconds": time.perf_counter() - started,
+        "seconds_per_clip": seconds_per_clip,
+    }
+
+
+def _select_voices(voices: Sequence[Voice], engines: Iterable[str] | None) -> list[Voice]:
+    """The voices of the chosen engines (default all); raises on unknown engines or no voice left."""
+    selected = set(ENGINES) if engines is None else set(engines)
+    if selected - set(ENGINES):
+        raise ValueError(f"unknown engines {sorted(selected - set(ENGINES))}; expected some of {list(ENGINES)}")
+    chosen = [v for v in voices if v.engine in selected]
+    if not chosen:
+        raise ValueError(f"no voices left for engines {sorted(selected)}")
+    return chosen
+
+
+def _ready_engines(voices: Sequence[Voice], piper_noise: bool) -> dict:
+    """One engine object per engine the voices use, each checked to be installed (and sox)."""
+    engine_objects = {name: ENGINES[name]() for name in {v.engine for v in voices}}
+    if "piper" in engine_objects:
+        engine_objects["piper"] = PiperEngine(noise=piper_noise)
+    check_sox()
+    for name in sorted(engine_objects):
+        engine_objects[name].check()
+    return engine_objects
+
+
+def _render_missing(
+    missing: Sequence[_Clip], engine_objects: dict, output_dir: str, seed: int, workers: int, progress: bool
+) -> dict[str, float]:
+    """Render the clips not yet on disk, `workers` engine calls at a time; returns worker seconds per
+    clip by engine. Clips finished before an interruption stay on disk for the next run."""
     for directory in {os.path.dirname(os.path.join(output_dir, c.audio)) for c in missing}:
         os.makedirs(directory, exist_ok=True)
     engine_seconds: dict[str, float] = defaultdict(float)
@@ -284,7 +318,6 @@ def synthesize_corpus(
         )
         return first.voice.engine, len(batch), time.perf_counter() - started
 
-    started = time.perf_counter()
     with tqdm(total=len(missing), desc="synthesising", unit="clip", disable=not progress) as bar:
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             futures = [pool.submit(run, batch) for batch in _batches(missing, engine_objects)]
@@ -295,25 +328,10 @@ def synthesize_corpus(
                     engine_clips[engine] += count
                     bar.update(count)
             except BaseException:
-                # Finished clips stay on disk for the next run; queued ones are dropped.
-                for future in futures:
+                for future in futures:  # queued batches are dropped
                     future.cancel()
                 raise
-
-    manifests = {}
-    for split in SPLITS:
-        rows = [c.row() for c in clips if c.split == split]
-        path = os.path.join(output_dir, f"{split}.jsonl")
-        _write_atomically(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
-        manifests[split] = path
-    return {
-        "manifests": manifests,
-        "clips": {split: sum(c.split == split for c in clips) for split in SPLITS},
-        "synthesized": len(missing),
-        "skipped": len(clips) - len(missing),
-        "seconds": time.perf_counter() - started,
-        "seconds_per_clip": {e: engine_seconds[e] / engine_clips[e] for e in sorted(engine_clips)},
-    }
+    return {e: engine_seconds[e] / engine_clips[e] for e in sorted(engine_clips)}
 
 
 def load_corpus(output_dir: str | os.PathLike, split: str, decode: bool | None = None) -> datasets.Dataset:

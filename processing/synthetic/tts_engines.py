@@ -24,7 +24,7 @@ from typing import Protocol
 import numpy as np
 import soundfile as sf
 
-from modeling_blsp_emo.audio_loading import TARGET_SAMPLING_RATE
+from modeling_blsp_emo.speech_lengths import SAMPLING_RATE
 from processing.synthetic.corpus_stats import speech_bounds, speech_rms_dbfs
 
 EMOTIONS = ("neutral", "happy", "angry", "sad", "surprise")
@@ -327,7 +327,7 @@ def sox_effects(work: _SoxWork, prosody: EmotionProsody, jitter: Jitter, span: t
         effects += ["overdrive", f"{4.0 * prosody.tension:.1f}", "10"]
     if prosody.tremolo > 0:
         effects += ["tremolo", "5.5", f"{100.0 * prosody.tremolo:.0f}"]
-    return effects + ["rate", "-v", str(TARGET_SAMPLING_RATE)]
+    return effects + ["rate", "-v", str(SAMPLING_RATE)]
 
 
 def set_level(waveform: np.ndarray, target_dbfs: float) -> np.ndarray:
@@ -347,7 +347,7 @@ def write_atomically(path: str, waveform: np.ndarray) -> None:
     temporary = f"{path}.{os.getpid()}{PARTIAL_SUFFIX}"
     fmt = "FLAC" if path.endswith(".flac") else "WAV"
     try:
-        sf.write(temporary, waveform, TARGET_SAMPLING_RATE, format=fmt, subtype="PCM_16")
+        sf.write(temporary, waveform, SAMPLING_RATE, format=fmt, subtype="PCM_16")
         os.replace(temporary, path)
     finally:
         if os.path.exists(temporary):

@@ -27,10 +27,9 @@ import torch
 from transformers import DynamicCache, TextIteratorStreamer
 
 from modeling_blsp_emo import AudioInputError, BlspEmoForConditionalGeneration, BlspEmoProcessor, load_audio
-from modeling_blsp_emo.audio_loading import TARGET_SAMPLING_RATE
 from modeling_blsp_emo.modeling_blsp_emo import CACHE_FIELD
 from modeling_blsp_emo.prompts import system_prompt as preset_system_prompt
-from modeling_blsp_emo.speech_lengths import MIN_SAMPLES
+from modeling_blsp_emo.speech_lengths import MIN_SAMPLES, SAMPLING_RATE
 
 DEFAULT_MAX_NEW_TOKENS = 128
 DEFAULT_MAX_AUDIO_SECONDS = 120.0
@@ -256,7 +255,7 @@ class BlspEmoChat:
         content = [{"type": "text", "text": text}] if text else []
         if audio is not None:
             clip = self._load(audio, sampling_rate)
-            content.append({"type": "audio", "audio": clip, "sampling_rate": TARGET_SAMPLING_RATE})
+            content.append({"type": "audio", "audio": clip, "sampling_rate": SAMPLING_RATE})
         exchange = _Exchange(content)
         exchanges = self._exchanges + [exchange]
         rendered, clips = self._render(exchanges)
@@ -281,7 +280,7 @@ class BlspEmoChat:
             clip = load_audio(audio, sampling_rate=sampling_rate, name=name)
         except AudioInputError as error:
             raise ChatInputError(str(error)) from None
-        seconds = len(clip) / TARGET_SAMPLING_RATE
+        seconds = len(clip) / SAMPLING_RATE
         if len(clip) < MIN_SAMPLES or not np.any(clip):
             raise ChatInputError(f"{name}: the recording is empty or silent ({seconds:.2f} s); record or upload speech")
         if seconds > self.max_audio_seconds:
@@ -301,7 +300,7 @@ class BlspEmoChat:
     ) -> tuple[list[int], dict[str, torch.Tensor]]:
         """Token ids of `text` (its placeholders expanded for `clips`) and the clips' features."""
         encoded = self.processor(
-            text=text, audio=clips or None, sampling_rate=TARGET_SAMPLING_RATE, add_special_tokens=add_special_tokens
+            text=text, audio=clips or None, sampling_rate=SAMPLING_RATE, add_special_tokens=add_special_tokens
         )
         ids = encoded.pop("input_ids")[0].tolist()
         encoded.pop("attention_mask")
@@ -394,7 +393,7 @@ class BlspEmoChat:
         audio = next((item["audio"] for item in exchange.user if item["type"] == "audio"), None)
         exchange.turn = ChatTurn(
             text=next((item["text"] for item in exchange.user if item["type"] == "text"), ""),
-            audio_seconds=None if audio is None else len(audio) / TARGET_SAMPLING_RATE,
+            audio_seconds=None if audio is None else len(audio) / SAMPLING_RATE,
             reply=tokenizer.decode(reply_ids, skip_special_tokens=True).strip(),
             reply_ids=reply_ids,
             emotion=emotion,

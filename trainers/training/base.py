@@ -6,7 +6,7 @@ from collections.abc import Iterable
 
 import safetensors.torch
 import torch
-from transformers import HfArgumentParser, Trainer, TrainingArguments
+from transformers import Trainer
 
 TRAINED_WEIGHTS_NAME = "trained_weights.safetensors"
 
@@ -65,6 +65,10 @@ class AlignmentTrainer(Trainer):
             loss = self.compute_loss(model, inputs)
         return loss.detach(), None, None
 
+    # Private Trainer hooks, on purpose: `save_model` (public) gathers FSDP/DeepSpeed state dicts and
+    # then calls `_save`, and resuming calls `_load_from_checkpoint`; no public hook sits at either
+    # point. Pinned by test_training_logs_kl_and_agreement_and_checkpoints_only_the_adapter,
+    # test_resuming_from_a_checkpoint_reproduces_straight_training and test_global_lora_checkpoint_resumes.
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         save_trained_weights(self.accelerator.unwrap_model(self.model), output_dir or self.args.output_dir, state_dict)
 
@@ -92,10 +96,3 @@ def load_trained_weights(model: torch.nn.Module, directory: str) -> None:
     if unexpected:
         raise ValueError(f"{path}: weights {sorted(unexpected)[:3]} do not exist in the model")
     model.load_state_dict(tensors, strict=False)
-
-
-def parse_training_command(arguments_class: type, argv) -> tuple:
-    """`(arguments, TrainingArguments)` from a training command's argv (HfArgumentParser)."""
-    arguments, training = HfArgumentParser((arguments_class, TrainingArguments)).parse_args_into_dataclasses(list(argv))
-    training.remove_unused_columns = False  # the collators read every field of an example
-    return arguments, training

@@ -2,6 +2,8 @@
 
 Pitch, tempo and loudness contours carry the emotion, so no pitch shift or time stretch: only
 noise, a level change, mild room reverberation and gentle band limiting. Never used for evaluation.
+`RandomLevel` goes further for level: it sets each clip's peak to a random level, so how loud a
+recording is (microphone gain, distance) cannot stand in for how the voice sounds.
 """
 
 import random
@@ -72,3 +74,28 @@ class EmotionSafeAugmentation:
         augmented = self.pipeline(samples=samples.astype(np.float32), sample_rate=SAMPLING_RATE)
         # Noise and gain may push peaks past full scale; clip rather than rescale the level.
         return np.clip(augmented, -1.0, 1.0).astype(np.float32)
+
+
+class RandomLevel:
+    """Callable `(samples) -> samples` scaled so that the peak sits at a level drawn uniformly from
+    `[min_dbfs, max_dbfs]`, whatever the clip's own level: afterwards the absolute level carries no
+    information about the clip (e.g. its emotion), while the contour within the clip is kept."""
+
+    def __init__(self, min_dbfs: float = -35.0, max_dbfs: float = -1.0, seed: int | None = None):
+        if not min_dbfs <= max_dbfs <= 0:
+            raise ValueError(f"expected min_dbfs <= max_dbfs <= 0 dBFS, got {min_dbfs}, {max_dbfs}")
+        self.min_dbfs, self.max_dbfs = min_dbfs, max_dbfs
+        self.random = np.random.default_rng(seed)
+
+    def __call__(self, samples: np.ndarray) -> np.ndarray:
+        level = self.random.uniform(self.min_dbfs, self.max_dbfs)
+        return peak_normalize(samples, level)
+
+
+def peak_normalize(samples: np.ndarray, dbfs: float = -1.0) -> np.ndarray:
+    """`samples` scaled so that the largest absolute sample is `dbfs` dB below full scale (silence
+    stays silence)."""
+    peak = float(np.max(np.abs(samples))) if samples.size else 0.0
+    if peak == 0.0:
+        return samples.astype(np.float32)
+    return (samples * (10 ** (dbfs / 20) / peak)).astype(np.float32)

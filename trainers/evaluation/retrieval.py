@@ -18,11 +18,15 @@ from trainers.training.losses import mean_response_log_probs, predicting_positio
 
 @torch.inference_mode()
 def continuation_log_likelihoods(
-    model: BlspEmoForConditionalGeneration, processor: BlspEmoProcessor, audio, candidates: Sequence[str]
+    model: BlspEmoForConditionalGeneration,
+    processor: BlspEmoProcessor,
+    audio,
+    candidates: Sequence[str],
+    instruction: str = EMOTION_CONTINUATION_INSTRUCTION,
 ) -> list[float]:
-    """Mean log-probability per token of each candidate continuation, given the speech and the
-    stage-2 instruction."""
-    collator = SpeechContinuationCollator(processor, EMOTION_CONTINUATION_INSTRUCTION)
+    """Mean log-probability per token of each candidate continuation, given `instruction` (default:
+    the stage-2 one) and the speech."""
+    collator = SpeechContinuationCollator(processor, instruction)
     clip = {"array": load_audio(audio), "sampling_rate": SAMPLING_RATE}
     batch = collator([{"audio": clip, "target": text, "truncated": False} for text in candidates])
     batch = {name: tensor.to(model.device) for name, tensor in batch.items()}

@@ -1,0 +1,105 @@
+"""The word-choice judge, the reply measures built on it, and the judge-free reply measures."""
+
+import pytest
+import torch
+
+import trainers.evaluation.replies as replies_module
+from trainers.evaluation.judge import (
+    WordChoiceJudge,
+    binomial_tail,
+    emotion_agreement,
+    judge_emotions,
+    judge_on_topic,
+)
+from trainers.evaluation.replies import generate_replies, repeats_ngram, repetition_share, sentence_retrieval
+
+from conftest import noise
+from tiny_models import tiny_model, tiny_tokenizer
+
+LABELS = ["neutral", "happy", "angry", "sad", "surprise"]
+
+
+class FavouringModel(torch.nn.Module):
+    """A stand-in LLM whose next token is always `favourite` (logit 5, every other token 0)."""
+
+    def __init__(self, vocab_size: int, favourite: int):
+        super().__init__()
+        self.vocab_size, self.favourite = vocab_size, favourite
+        self.device = torch.device("cpu")
+
+    def forward(self, input_ids, attention_mask=None):
+        logits = torch.zeros(*input_ids.shape, self.vocab_size)
+        logits[..., self.favourite] = 5.0
+        return type("Output", (), {"logits": logits})()
+
+
+def test_judge_picks_the_option_whose_first_token_the_model_favours():
+    tokenizer = tiny_tokenizer()
+    judge = WordChoiceJudge(FavouringModel(len(tokenizer), tokenizer.convert_tokens_to_ids("sad")), tokenizer, batch_size=2)
+    scores = judge.choose(["one", "two", "three"], LABELS)
+    assert len(scores) == 3 and all(max(s, key=s.get) == "sad" for s in scores)
+    assert all(sum(s.values()) == pytest.approx(1.0) for s in scores)
+    assert judge_emotions(judge, ["i am fine", "bad day"], LABELS) == ["sad", "sad"]
+
+
+def test_judge_runs_a_real_chat_model():
+    tokenizer = tiny_tokenizer()
+    scores = WordChoiceJudge(tiny_model().eval(), tokenizer).choose(["hello world", "the lazy dog"], ["good", "bad"])
+    assert [sorted(s) for s in scores] == [["bad", "good"]] * 2
+
+
+def test_options_must_start_with_distinct_tokens():
+    tokenizer = tiny_tokenizer()
+    judge = WordChoiceJudge(FavouringModel(len(tokenizer), 0), tokenizer)
+    with pytest.raises(ValueError, match="distinct tokens"):
+        judge.choose(["q"], ["hello", "hello world"])
+
+
+def test_on_topic_asks_with_transcript_and_reply():
+    seen = []
+
+    class Scripted:
+        def choose(self, questions, options, desc=""):
+            seen.extend(questions)
+            return [{"yes": 0.9, "no": 0.1} if "bakery" in q.split("Then")[1] else {"yes": 0.2, "no": 0.8} for q in questions]
+
+    verdicts = judge_on_topic(Scripted(), ["the bakery opens", "the bakery opens"], ["bread at the bakery", "a fireplace"])
+    assert verdicts == [True, False]
+    assert '"the bakery opens"' in seen[0] and '"a fireplace"' in seen[1]
+
+
+def test_binomial_tail_and_agreement():
+    assert binomial_tail(10, 10, 0.5) == pytest.approx(1 / 1024)
+    assert binomial_tail(0, 10, 0.2) == pytest.approx(1.0)
+    result = emotion_agreement(["sad", "sad", "happy", "angry"], ["sad", "happy", "happy", "angry"], 0.2)
+    assert result["accuracy"] == 0.75 and result["clips"] == 4
+    assert result["p_value"] == pytest.approx(binomial_tail(3, 4, 0.2))
+
+
+def test_repetition_is_a_repeated_word_four_gram():
+    loop = "I'm so sorry for any inconvenience you're going to have. I'm so sorry for any problems."
+    assert repeats_ngram(loop)
+    assert not repeats_ngram("The bakery on the corner opens at six and sells fresh bread.")
+    assert not repeats_ngram("so so so")  # shorter than a 4-gram
+    assert repetition_share([loop, "fresh bread today", loop, "ok"]) == 0.5
+
+
+def test_generate_replies_gives_one_text_per_clip(processor):
+    model = tiny_model().eval()
+    texts = generate_replies(model, processor, [{"array": noise(8000, i), "sampling_rate": 16000} for i in range(3)],
+                             "continue the following sentence", batch_size=2, max_new_tokens=4)
+    assert len(texts) == 3 and all(isinstance(text, str) for text in texts)
+
+
+def test_sentence_retrieval_is_normalized_per_candidate(monkeypatch):
+    # "the dog" continuation is likeliest for every clip; each clip raises its own sentence's a little.
+    own_bonus = {"a.wav": "one", "b.wav": "two", "c.wav": "three"}
+    base = {"one cont": -2.0, "two cont": -1.0, "three cont": -2.0}
+
+    def scripted(model, processor, audio, candidates, instruction):
+        return [base[c] + (0.5 if c.startswith(own_bonus[audio]) else 0.0) for c in candidates]
+
+    monkeypatch.setattr(replies_module, "continuation_log_likelihoods", scripted)
+    rows = [{"audio": a, "text": t} for a, t in own_bonus.items()] + [{"audio": "d.wav", "text": "unknown"}]
+    result = sentence_retrieval(None, None, rows, {"one": "one cont", "two": "two cont", "three": "three cont"})
+    assert result == {"accuracy": 1.0, "clips": 3, "sentences": 3, "chance": pytest.approx(1 / 3)}

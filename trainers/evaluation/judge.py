@@ -1,0 +1,88 @@
+"""An LLM judge that answers by choosing one of a few words, scored from the probabilities of those
+words' first tokens (so it never gives an unparseable answer), and the measures built on it: the
+emotion a reply expresses, and whether a reply is about what was said.
+
+Each measure comes with its calibration: the same judge on texts whose answer is known (the
+writer's emotion-aware targets; a sentence's own continuation vs another sentence's).
+"""
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+EMOTION_QUESTION = (
+    'Here is a short text:\n"{reply}"\n\n'
+    "Which emotion does the writer of this text express? Answer with exactly one word from: {options}."
+)
+TOPIC_QUESTION = (
+    'Someone said: "{transcript}"\nThen this was written: "{reply}"\n\n'
+    "Is the second text about the same subject as what was said? Answer with exactly one word: yes or no."
+)
+
+
+@dataclass
+class WordChoiceJudge:
+    """A chat LLM that picks one of `options` for each question: the option whose first token is most
+    probable as the first token of the answer (probabilities renormalised over the options)."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    batch_size: int = 8
+
+    def first_token_ids(self, options: Sequence[str]) -> list[int]:
+        ids = [self.tokenizer(option, add_special_tokens=False)["input_ids"][0] for option in options]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"options {list(options)} do not start with distinct tokens for this judge's tokenizer")
+        return ids
+
+    @torch.inference_mode()
+    def choose(self, questions: Sequence[str], options: Sequence[str], desc: str = "judging") -> list[dict[str, float]]:
+        """Per question, `{option: probability}` over `options`."""
+        option_ids = torch.tensor(self.first_token_ids(options))
+        results = []
+        for start in tqdm(range(0, len(questions), self.batch_size), desc=desc, unit="batch", disable=len(questions) <= self.batch_size):
+            chats = [
+                self.tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
+                for q in questions[start : start + self.batch_size]
+            ]
+            inputs = self.tokenizer(chats, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
+            logits = self.model(**inputs.to(self.model.device)).logits[:, -1].float()
+            probabilities = logits[:, option_ids.to(logits.device)].softmax(-1).tolist()
+            results += [dict(zip(options, row)) for row in probabilities]
+        return results
+
+
+def best(scores: dict[str, float]) -> str:
+    return max(scores, key=scores.get)
+
+
+def judge_emotions(judge: WordChoiceJudge, replies: Sequence[str], labels: Sequence[str]) -> list[str]:
+    """The emotion label the judge reads in each reply."""
+    options = ", ".join(labels)
+    questions = [EMOTION_QUESTION.format(reply=reply.strip(), options=options) for reply in replies]
+    return [best(scores) for scores in judge.choose(questions, labels, desc="judging emotion")]
+
+
+def judge_on_topic(judge: WordChoiceJudge, transcripts: Sequence[str], replies: Sequence[str]) -> list[bool]:
+    """Whether the judge finds each reply about its transcript."""
+    questions = [TOPIC_QUESTION.format(transcript=t.strip(), reply=r.strip()) for t, r in zip(transcripts, replies)]
+    return [best(scores) == "yes" for scores in judge.choose(questions, ["yes", "no"], desc="judging topic")]
+
+
+def binomial_tail(successes: int, trials: int, chance: float) -> float:
+    """P(X ≥ successes) for X ~ Binomial(trials, chance): how likely so many hits are by luck."""
+    return sum(math.comb(trials, k) * chance**k * (1 - chance) ** (trials - k) for k in range(successes, trials + 1))
+
+
+def emotion_agreement(judged: Sequence[str], truth: Sequence[str], chance: float) -> dict:
+    """How often the judged emotion is the true one, with the one-sided binomial p-value against chance."""
+    hits = sum(j == t for j, t in zip(judged, truth))
+    return {
+        "accuracy": hits / max(len(truth), 1),
+        "clips": len(truth),
+        "p_value": binomial_tail(hits, len(truth), chance),
+    }

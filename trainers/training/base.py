@@ -9,6 +9,9 @@ import torch
 from transformers import Trainer
 
 TRAINED_WEIGHTS_NAME = "trained_weights.safetensors"
+# 128 positions of a 152k vocabulary: ~80 MB per float32 logits tensor, and matrix products large enough
+# to run at full speed.
+DEFAULT_LOGITS_CHUNK_SIZE = 128
 
 
 def set_trainable(model: torch.nn.Module, prefixes: Iterable[str]) -> list[str]:
@@ -27,11 +30,18 @@ def set_trainable(model: torch.nn.Module, prefixes: Iterable[str]) -> list[str]:
 class AlignmentTrainer(Trainer):
     """A `Trainer` that logs named metrics recorded in `compute_loss` (averaged over the logging
     interval) and whose checkpoints hold only the weights being trained (plus the config), not the
-    frozen encoder and LLM."""
+    frozen encoder and LLM.
 
-    def __init__(self, *args, eval_data_collator=None, **kwargs):
+    `logits_chunk_size` positions' LM-head logits exist at a time in the loss (`None`: all at once;
+    the result is the same up to float rounding). `TrainingArguments(gradient_checkpointing=True)`
+    recomputes the LLM and encoder blocks in the backward instead of keeping their activations.
+    """
+
+    def __init__(self, *args, eval_data_collator=None, logits_chunk_size: int | None = DEFAULT_LOGITS_CHUNK_SIZE, **kwargs):
         super().__init__(*args, **kwargs)
         self.eval_data_collator = eval_data_collator
+        # Positions whose LM-head logits the loss computes at once (None: all); see training/losses.py.
+        self.logits_chunk_size = logits_chunk_size
         self._recorded = {"train": defaultdict(list), "eval": defaultdict(list)}
 
     def get_eval_dataloader(self, eval_dataset=None):

@@ -13,7 +13,13 @@ from torch import nn
 
 from modeling_blsp_emo import BlspEmoForConditionalGeneration
 from trainers.training.base import AlignmentTrainer, set_trainable
-from trainers.training.losses import predicting_positions, response_cross_entropy
+from trainers.training.losses import (
+    chunked_cross_entropy,
+    frozen_head_logits,
+    lm_head_inputs,
+    predicted_tokens,
+    predicting_positions,
+)
 
 ADAPTER_AND_HEAD = ("model.adapter.", "emotion_head.")
 ENCODER = ("model.audio_encoder.",)
@@ -121,8 +127,12 @@ class EmotionAlignmentTrainer(AlignmentTrainer):
     def compute_loss(self, model, inputs, return_outputs: bool = False, num_items_in_batch=None):
         labels = inputs.pop("labels")
         positions = predicting_positions(labels)
-        outputs = model(**inputs, logits_to_keep=positions, use_cache=False)
-        lm_loss = response_cross_entropy(outputs.logits, labels, positions)
+        unwrapped = self.accelerator.unwrap_model(model)
+        # The LM head only hands over its input; the loss makes the logits chunk by chunk.
+        with lm_head_inputs(unwrapped) as hidden:
+            outputs = model(**inputs, logits_to_keep=positions, use_cache=False)
+        targets = predicted_tokens(labels, positions)
+        lm_loss = chunked_cross_entropy(hidden[0], targets, frozen_head_logits(unwrapped), self.logits_chunk_size)
         loss = lm_loss + self.er_weight * outputs.emotion_loss
         accuracy = (outputs.emotion_logits.argmax(-1) == inputs["emotion_labels"]).float().mean()
         self.record(lm_loss=lm_loss, emotion_loss=outputs.emotion_loss, emotion_accuracy=accuracy)

@@ -2,10 +2,17 @@
 response, the stage-1 KL, the stage-2 cross-entropy and per-token log-probabilities of a response.
 
 Logits here are computed only at the predicting positions (`logits_to_keep=positions`), never over the
-whole sequence: at a 150k-token vocabulary the full tensor would dominate memory.
+whole sequence: at a 150k-token vocabulary the full tensor would dominate memory. The training losses
+go one step further: they take the LLM's final hidden states at those positions and compute the
+logits a chunk of positions at a time (`chunked_distillation_kl`, `chunked_cross_entropy`), so that no
+`(positions, vocabulary)` tensor exists for all positions at once.
 """
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
 import torch
+from torch import nn
 from torch.nn import functional as F
 
 from processing.collators import IGNORE_INDEX
@@ -27,17 +34,15 @@ def predicted_tokens(labels: torch.Tensor, positions: torch.Tensor) -> torch.Ten
     return labels[:, 1:][positions[:, :-1]]
 
 
-def distillation_kl(teacher_logits: torch.Tensor, student_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """KL(teacher ‖ student) of the temperature-softened distributions, averaged over rows
-    (tokens); no T² factor, as in the release."""
+def distillation_kl(
+    teacher_logits: torch.Tensor, student_logits: torch.Tensor, temperature: float, num_tokens: int | None = None
+) -> torch.Tensor:
+    """KL(teacher ‖ student) of the temperature-softened distributions, summed over rows (tokens) and
+    divided by `num_tokens` (default: the number of rows, i.e. the mean); no T² factor, as in the release."""
     teacher = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
     student = F.log_softmax(student_logits.float() / temperature, dim=-1)
-    return F.kl_div(student, teacher, log_target=True, reduction="sum") / max(teacher_logits.shape[0], 1)
-
-
-def response_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy where `logits` were computed only at `positions`."""
-    return F.cross_entropy(logits.float(), predicted_tokens(labels, positions), ignore_index=IGNORE_INDEX)
+    num_tokens = teacher_logits.shape[0] if num_tokens is None else num_tokens
+    return F.kl_div(student, teacher, log_target=True, reduction="sum") / max(num_tokens, 1)
 
 
 def mean_response_log_probs(logits: torch.Tensor, labels: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -47,3 +52,105 @@ def mean_response_log_probs(logits: torch.Tensor, labels: torch.Tensor, position
     rows = positions.nonzero()[:, 0]
     totals = torch.zeros(len(labels), device=logits.device).index_add(0, rows, token_log_probs)
     return totals / positions.sum(1)
+
+
+@contextmanager
+def lm_head_inputs(model: nn.Module) -> Iterator[list[torch.Tensor]]:
+    """Within the context the model's LM head computes nothing (its output has no rows); the hidden
+    states it was given (those kept by `logits_to_keep`) are appended to the yielded list instead.
+
+    A hook rather than a call into the model's inner modules, so that the forward still goes through
+    whatever wraps the model (DDP, peft), and the chunked losses below then make the logits.
+    """
+    captured: list[torch.Tensor] = []
+
+    def take_input(module: nn.Module, args: tuple) -> tuple:
+        captured.append(args[0])
+        return (args[0][..., :0, :],)
+
+    handle = model.get_output_embeddings().register_forward_pre_hook(take_input)
+    try:
+        yield captured
+    finally:
+        handle.remove()
+
+
+class _ChunkedHeadLoss(torch.autograd.Function):
+    """`sum over chunks of chunk_loss(compute_logits(hidden[rows]), rows)` for row chunks of `hidden`.
+
+    The gradient with respect to `hidden` is computed chunk by chunk during the forward (each chunk's
+    logits live only inside its iteration) and merely scaled in the backward: no logits are kept for
+    the backward, and none are recomputed. The LM head must be frozen (checked by the callers).
+    """
+
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, compute_logits: Callable, chunk_loss: Callable, chunk_size: int):
+        needs_grad = ctx.needs_input_grad[0]
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        grad = torch.zeros_like(hidden) if needs_grad else None
+        for start in range(0, hidden.shape[0], chunk_size):
+            rows = slice(start, start + chunk_size)
+            with torch.set_grad_enabled(needs_grad):
+                chunk = hidden[rows].detach().requires_grad_(needs_grad)
+                loss = chunk_loss(compute_logits(chunk), rows)
+            if needs_grad:
+                (grad[rows],) = torch.autograd.grad(loss, chunk)
+            total += loss.detach()
+        ctx.save_for_backward(grad)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        (grad,) = ctx.saved_tensors
+        return grad * grad_output.to(grad.dtype), None, None, None
+
+
+def frozen_head_logits(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The model's `compute_logits` (LM head with its logit scaling), checked to be frozen when
+    gradients are on: the chunked losses give gradients for the hidden states only."""
+    if torch.is_grad_enabled() and any(parameter.requires_grad for parameter in model.get_output_embeddings().parameters()):
+        raise ValueError(
+            "the LM head is trainable, but the training losses give it no gradient; freeze it (BLSP-Emo trains "
+            "the adapter, emotion head, encoder and LoRA, never the LM head)"
+        )
+    return model.compute_logits
+
+
+def chunked_distillation_kl(
+    student_hidden: torch.Tensor,
+    teacher_hidden: torch.Tensor,
+    compute_logits: Callable[[torch.Tensor], torch.Tensor],
+    temperature: float,
+    chunk_size: int | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`distillation_kl` of the logits of `(positions, hidden)` student and teacher hidden states, and
+    the teacher-student argmax agreement, `chunk_size` positions at a time (`None`: all at once). Equals computing
+    all logits at once up to float rounding."""
+    agreements = []
+    num_tokens = student_hidden.shape[0]
+
+    def chunk_kl(student_logits: torch.Tensor, rows: slice) -> torch.Tensor:
+        with torch.no_grad():
+            teacher_logits = compute_logits(teacher_hidden[rows])
+        agreements.append((teacher_logits.argmax(-1) == student_logits.argmax(-1)).sum())
+        return distillation_kl(teacher_logits, student_logits, temperature, num_tokens)
+
+    kl = _ChunkedHeadLoss.apply(student_hidden, compute_logits, chunk_kl, chunk_size or max(num_tokens, 1))
+    agreement = torch.stack(agreements).sum() / max(num_tokens, 1) if agreements else kl.new_zeros(())
+    return kl, agreement
+
+
+def chunked_cross_entropy(
+    hidden: torch.Tensor,
+    targets: torch.Tensor,
+    compute_logits: Callable[[torch.Tensor], torch.Tensor],
+    chunk_size: int | None,
+) -> torch.Tensor:
+    """Mean cross-entropy of the logits of `(positions, hidden)` states against `targets` `(positions,)`
+    (`IGNORE_INDEX` ignored), `chunk_size` positions at a time (`None`: all at once)."""
+    count = max(int((targets != IGNORE_INDEX).sum()), 1)
+
+    def chunk_ce(logits: torch.Tensor, rows: slice) -> torch.Tensor:
+        return F.cross_entropy(logits.float(), targets[rows], ignore_index=IGNORE_INDEX, reduction="sum") / count
+
+    return _ChunkedHeadLoss.apply(hidden, compute_logits, chunk_ce, chunk_size or max(hidden.shape[0], 1))

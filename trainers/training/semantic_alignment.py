@@ -4,7 +4,7 @@ from the transcript (KL at temperature T over the response tokens); only the ada
 import torch
 
 from trainers.training.base import AlignmentTrainer, set_trainable
-from trainers.training.losses import distillation_kl, predicting_positions
+from trainers.training.losses import chunked_distillation_kl, frozen_head_logits, lm_head_inputs, predicting_positions
 
 TRAINED_PREFIXES = ("model.adapter.",)
 
@@ -18,14 +18,19 @@ class SemanticAlignmentTrainer(AlignmentTrainer):
         set_trainable(self.model, TRAINED_PREFIXES)
 
     def compute_loss(self, model, inputs, return_outputs: bool = False, num_items_in_batch=None):
+        """The KL at the positions predicting the response. The LM head only hands over its input
+        there; the logits are made chunk by chunk in the loss (`outputs.logits` is empty)."""
         teacher = {key.removeprefix("teacher_"): inputs.pop(key) for key in list(inputs) if key.startswith("teacher_")}
         student_positions = predicting_positions(inputs.pop("labels"))
         teacher_positions = predicting_positions(teacher.pop("labels"))
-        with torch.no_grad():
-            teacher_logits = model(**teacher, logits_to_keep=teacher_positions, use_cache=False).logits
-        outputs = model(**inputs, logits_to_keep=student_positions, use_cache=False)
-        temperature = self.accelerator.unwrap_model(model).config.kd_temperature
-        loss = distillation_kl(teacher_logits, outputs.logits, temperature)
-        agreement = (teacher_logits.argmax(-1) == outputs.logits.argmax(-1)).float().mean()
+        unwrapped = self.accelerator.unwrap_model(model)
+        with torch.no_grad(), lm_head_inputs(unwrapped) as teacher_hidden:
+            model(**teacher, logits_to_keep=teacher_positions, use_cache=False)
+        with lm_head_inputs(unwrapped) as student_hidden:
+            outputs = model(**inputs, logits_to_keep=student_positions, use_cache=False)
+        loss, agreement = chunked_distillation_kl(
+            student_hidden[0], teacher_hidden[0], frozen_head_logits(unwrapped), unwrapped.config.kd_temperature,
+            self.logits_chunk_size,
+        )
         self.record(kl=loss, token_agreement=agreement)
         return (loss, outputs) if return_outputs else loss

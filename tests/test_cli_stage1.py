@@ -49,7 +49,7 @@ def test_generate_targets_in_two_processes_matches_one(manifest, saved_checkpoin
     single = run("generate-targets", *common, "--output", str(tmp_path / "one"))
     assert f"{len(TEXTS)} targets" in single.stdout
     run("generate-targets", *common, "--output", str(tmp_path / "two"), "--cpu", processes=2)
-    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == [
+    assert sorted(p.name for p in (tmp_path / "two").glob("*.jsonl")) == [
         "targets-00000-of-00002.jsonl", "targets-00001-of-00002.jsonl"
     ]
     one, two = load_targets(tmp_path / "one"), load_targets(tmp_path / "two")

@@ -45,7 +45,7 @@ def batch_for(processor, records, model):
 def test_label_mapper_maps_aliases_and_names_unknown_rows():
     dataset = datasets.Dataset.from_dict({"emotion": ["ang", "HAP", "exc", "neu"]})
     assert LabelMapper(EMOTIONS).apply(dataset)["emotion"] == ["angry", "happy", "happy", "neutral"]
-    with pytest.raises(ValueError, match=r"row 1: emotion label 'fru'"):
+    with pytest.raises(ValueError, match=r"row 2: field 'emotion': label 'fru'"):
         LabelMapper(EMOTIONS).apply(datasets.Dataset.from_dict({"emotion": ["sad", "fru"]}))
     mapper = LabelMapper(EMOTIONS, aliases={"fea": "surprise"}, drop_unmapped=True)
     kept = mapper.apply(datasets.Dataset.from_dict({"emotion": ["fea", "fru", "dis", "fru"]}))

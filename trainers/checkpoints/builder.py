@@ -19,6 +19,8 @@ from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from modeling_blsp_emo import DEFAULT_EMOTIONS, BlspEmoConfig, BlspEmoForConditionalGeneration, BlspEmoProcessor
 from modeling_blsp_emo.adapter import SpeechAdapter
+from processing.errors import output_folder
+from trainers.checkpoints.checksums import write_checksums
 from trainers.checkpoints.provenance import describe_base_model
 
 logger = logging.getLogger(__name__)
@@ -119,10 +121,15 @@ def build_blsp_emo(
 
 
 def save_checkpoint(
-    model: BlspEmoForConditionalGeneration, processor: BlspEmoProcessor, output_dir: str | Path
+    model: BlspEmoForConditionalGeneration, processor: BlspEmoProcessor, output_dir: str | Path, checksums: bool = True
 ) -> Path:
-    """Write weights (safetensors), config, generation config, processor and the remote code."""
-    output_dir = Path(output_dir)
+    """Write weights (safetensors), config, generation config, processor and the remote code, and
+    with `checksums` the SHA-256 of each file written (`checksums.json`, see `verify_checksums`)."""
+    output_dir = output_folder(output_dir)
+    before = {path: path.stat().st_mtime_ns for path in output_dir.iterdir() if path.is_file()}
     model.save_pretrained(output_dir)
     processor.save_pretrained(output_dir)
+    if checksums:
+        written = [path for path in output_dir.iterdir() if path.is_file() and before.get(path) != path.stat().st_mtime_ns]
+        write_checksums(output_dir, written)
     return output_dir

@@ -1,9 +1,12 @@
-"""Loading models and processors for the command line."""
+"""Loading models and processors for the command line, with errors that name what is wrong."""
+
+from pathlib import Path
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from modeling_blsp_emo import BlspEmoConfig, BlspEmoForConditionalGeneration, BlspEmoProcessor
+from processing.errors import UserInputError
 
 
 def parse_dtype(name: str | None) -> torch.dtype | str | None:
@@ -12,22 +15,68 @@ def parse_dtype(name: str | None) -> torch.dtype | str | None:
         return name
     dtype = getattr(torch, name, None)
     if not isinstance(dtype, torch.dtype):
-        raise ValueError(f"unknown dtype {name!r} (try float32, bfloat16 or float16)")
+        raise UserInputError(f"unknown dtype {name!r} (try float32, bfloat16 or float16)", field="--dtype")
     return dtype
 
 
-def load_blsp_emo(path: str, dtype: str | None = None, device_map=None) -> tuple[BlspEmoForConditionalGeneration, BlspEmoProcessor]:
-    """A BLSP-Emo checkpoint and its processor."""
-    config = AutoConfig.from_pretrained(path)
+def load_config(path: str) -> AutoConfig:
+    """The config of a local checkpoint folder or a Hub model; a `UserInputError` when there is none."""
+    local = Path(path)
+    if local.exists():
+        if not local.is_dir():
+            raise UserInputError("is a file, expected a checkpoint folder", path=path)
+        if not (local / "config.json").is_file():
+            raise UserInputError("not a checkpoint: no config.json in this folder", path=path)
+    elif path.startswith(("/", ".", "~")) or path.count("/") > 1:
+        raise UserInputError("no such checkpoint folder", path=path)
+    try:
+        return AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as error:
+        raise UserInputError(f"cannot read the checkpoint's config ({error})".replace("\n", " "), path=path) from error
+
+
+def load_blsp_emo_config(path: str) -> BlspEmoConfig:
+    """The config of a BLSP-Emo checkpoint (cheap: no weights), checked to be one."""
+    config = load_config(path)
     if not isinstance(config, BlspEmoConfig):
-        raise ValueError(f"{path}: not a BLSP-Emo checkpoint (model_type={config.model_type!r}); build one with `blsp-emo init`")
-    model = BlspEmoForConditionalGeneration.from_pretrained(path, dtype=parse_dtype(dtype), device_map=device_map)
+        raise UserInputError(
+            f"not a BLSP-Emo checkpoint (model_type={config.model_type!r}); build one with `blsp-emo init`", path=path
+        )
+    return config
+
+
+def load_blsp_emo(path: str, dtype: str | None = None, device_map=None) -> tuple[BlspEmoForConditionalGeneration, BlspEmoProcessor]:
+    """A BLSP-Emo checkpoint and its processor. A weights file that does not load (half written,
+    truncated, corrupt header) is named in the error."""
+    load_blsp_emo_config(path)
+    try:
+        model = BlspEmoForConditionalGeneration.from_pretrained(path, dtype=parse_dtype(dtype), device_map=device_map)
+    except Exception as error:
+        broken = unreadable_weight_file(path)
+        if broken is None:
+            raise
+        raise UserInputError(f"cannot load the weights: {broken[1]} (half written or corrupt?)", path=broken[0]) from error
     return model, BlspEmoProcessor.from_pretrained(path)
+
+
+def unreadable_weight_file(path: str) -> tuple[Path, str] | None:
+    """The first safetensors file of a local checkpoint that cannot be opened, or whose header
+    promises more data than the file holds, with the reason; None when all look whole."""
+    from safetensors import safe_open
+
+    for file in sorted(Path(path).glob("*.safetensors")) if Path(path).is_dir() else ():
+        try:
+            with safe_open(file, framework="pt") as weights:
+                for name in weights.keys():
+                    weights.get_slice(name)
+        except Exception as error:  # safetensors raises its own error types, by version
+            return file, f"{type(error).__name__}: {error}"
+    return None
 
 
 def load_text_generator(path: str, dtype: str | None = None, device_map=None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """The LLM that writes targets: a BLSP-Emo checkpoint (its LLM, text only) or any causal LM."""
-    if isinstance(AutoConfig.from_pretrained(path), BlspEmoConfig):
+    if isinstance(load_config(path), BlspEmoConfig):
         model, processor = load_blsp_emo(path, dtype, device_map)
         return model, processor.tokenizer
     model = AutoModelForCausalLM.from_pretrained(path, dtype=parse_dtype(dtype), device_map=device_map)

@@ -39,7 +39,13 @@ def add_commands(commands) -> None:
     push.add_argument("--commit-message")
     push.add_argument("--verify", action="store_true", help="load the pushed model in a fresh process and run one clip")
     push.add_argument("--dry-run", action="store_true", help="print the model card and the file list; push nothing")
+    push.add_argument("--verify-checksums", action="store_true",
+                      help="first check each file against the checkpoint's checksums.json (SHA-256; slow for large models)")
     push.set_defaults(handler=run_push)
+
+    verify = commands.add_parser("verify-checksums", help="check a checkpoint's files against the SHA-256 recorded when it was saved")
+    verify.add_argument("model", help="checkpoint folder with checksums.json")
+    verify.set_defaults(handler=run_verify_checksums)
 
 
 def run_init(args: argparse.Namespace) -> int:
@@ -79,6 +85,8 @@ def run_push(args: argparse.Namespace) -> int:
         metrics=args.metrics, datasets=args.dataset, language=args.language, license=args.license,
         training_dirs=args.training_dir,
     )
+    if args.verify_checksums:
+        run_verify_checksums(args)
     try:
         if args.dry_run:
             files = checkpoint_files(args.model)
@@ -96,4 +104,12 @@ def run_push(args: argparse.Namespace) -> int:
     if result.verification:
         print(f"verified in a fresh process: emotion {result.verification['emotion']!r}, "
               f"reply {result.verification['generated_text']!r}")
+    return 0
+
+
+def run_verify_checksums(args: argparse.Namespace) -> int:
+    from trainers.checkpoints.checksums import verify_checksums
+
+    names = verify_checksums(args.model)
+    print(f"{len(names)} files of {args.model} match their recorded SHA-256")
     return 0

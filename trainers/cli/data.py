@@ -19,7 +19,12 @@ def add_commands(commands) -> None:
     corpus.set_defaults(handler=run_synth_corpus)
 
     targets = commands.add_parser("generate-targets", help="have the LLM write training targets for transcripts")
-    targets.add_argument("--model", required=True, help="BLSP-Emo checkpoint or causal LM that writes the targets")
+    targets.add_argument("--model", required=True, help="BLSP-Emo checkpoint (its LLM writes the targets) or a causal LM")
+    targets.add_argument(
+        "--writer",
+        help="another LLM writes the targets instead (hub id, folder or bundled:NAME); default: --model's own LLM, as "
+             "in the paper, which found a 7B LLM's own targets better than a stronger outside model's",
+    )
     targets.add_argument("--data", required=True, nargs="+", help="JSONL manifests or datasets (name or folder)")
     targets.add_argument("--probabilities", type=float, nargs="+", help="sampling probability of each --data source")
     targets.add_argument("--output", required=True, help="folder for targets-*.jsonl (re-running resumes)")
@@ -34,6 +39,7 @@ def add_commands(commands) -> None:
         "--demonstrations", action="store_true",
         help="with --emotion: show the LLM one worked example per emotion first (helps small LLMs; release labels only)",
     )
+    add_audio_check_options(targets)
     targets.add_argument("--split", default="train")
     targets.add_argument("--streaming", action="store_true", help="stream the data instead of loading it")
     targets.add_argument("--batch-size", type=int, default=8)
@@ -44,6 +50,13 @@ def add_commands(commands) -> None:
     targets.add_argument("--cpu", action="store_true", help="run on the CPU (several CPU processes need it)")
     targets.add_argument("--seed", type=int, default=0)
     targets.set_defaults(handler=run_generate_targets)
+
+
+def add_audio_check_options(command) -> None:
+    """`--check-audio` and `--skip-bad-audio`, shared by the commands that open speech data."""
+    command.add_argument("--check-audio", choices=["exists", "decode", "none"], default="exists",
+                         help="check each clip when the data opens: the file exists (default), it decodes (slower), or none")
+    command.add_argument("--skip-bad-audio", action="store_true", help="leave out rows with unusable audio (counted) instead of stopping")
 
 
 def run_synth_corpus(args: argparse.Namespace) -> int:
@@ -62,7 +75,8 @@ def run_synth_corpus(args: argparse.Namespace) -> int:
 def run_generate_targets(args: argparse.Namespace) -> int:
     from accelerate import PartialState
 
-    from processing.emotion_labels import LabelMapper
+    from processing.emotion_labels import LabelMapper, parse_label_map
+    from processing.errors import output_folder
     from processing.manifests import interleave, load_speech_dataset
     from processing.target_generation import (
         emotion_demonstration,
@@ -72,6 +86,7 @@ def run_generate_targets(args: argparse.Namespace) -> int:
         semantic_prompt,
     )
     from trainers.checkpoints import load_text_generator
+    from trainers.checkpoints.bundled import resolve_model_spec
 
     state = PartialState(cpu=args.cpu)
     if int(os.environ.get("WORLD_SIZE", 1)) > state.num_processes:
@@ -80,20 +95,21 @@ def run_generate_targets(args: argparse.Namespace) -> int:
     if num_shards is None:  # under `accelerate launch`, one shard per process
         shard, num_shards = state.process_index, state.num_processes
     extra = [args.emotion_column] if args.emotion else []
-    sources = [
-        load_speech_dataset(
+    labels = LabelMapper(args.labels.split(","), parse_label_map(args.label_map), args.drop_unmapped) if args.emotion else None
+    output_folder(args.output)
+    sources = []
+    for source in args.data:
+        dataset = load_speech_dataset(
             source, audio_column=args.audio_column, text_column=args.text_column, extra_columns=extra,
-            split=args.split, streaming=args.streaming,
+            split=args.split, streaming=args.streaming, check_audio=args.check_audio, skip_bad_audio=args.skip_bad_audio,
+            labels=labels, emotion_column=args.emotion_column,
         )
-        for source in args.data
-    ]
-    dataset = interleave(sources, args.probabilities, args.seed)
-    if args.emotion:
-        if args.emotion_column != "emotion":
+        if args.emotion and args.emotion_column != "emotion":
             dataset = dataset.rename_column(args.emotion_column, "emotion")
-        aliases = dict(pair.split("=", 1) for pair in args.label_map)
-        dataset = LabelMapper(args.labels.split(","), aliases, args.drop_unmapped).apply(dataset)
-    model, tokenizer = load_text_generator(args.model, args.dtype, device_map={"": state.device})
+        sources.append(dataset)
+    dataset = interleave(sources, args.probabilities, args.seed)
+    writer = resolve_model_spec(args.writer) if args.writer else args.model
+    model, tokenizer = load_text_generator(writer, args.dtype, device_map={"": state.device})
     generate_targets(
         model, tokenizer, dataset, args.output,
         prompt=emotion_prompt if args.emotion else semantic_prompt,

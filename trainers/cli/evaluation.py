@@ -4,6 +4,8 @@ import argparse
 import json
 from pathlib import Path
 
+from trainers.cli.data import add_audio_check_options
+
 
 def add_commands(commands) -> None:
     ser = commands.add_parser("evaluate-ser", help="speech emotion recognition: SER-query answers, emotion head, retrieval")
@@ -16,6 +18,7 @@ def add_commands(commands) -> None:
     ser.add_argument("--label-map", nargs="*", default=[], metavar="RAW=LABEL")
     ser.add_argument("--drop-unmapped", action="store_true")
     ser.add_argument("--targets", help="emotion targets of the same sentences (generate-targets --emotion) for retrieval")
+    add_audio_check_options(ser)
     ser.add_argument("--batch-size", type=int, default=8)
     ser.add_argument("--dtype")
     ser.set_defaults(handler=run_evaluate_ser)
@@ -30,30 +33,37 @@ def add_commands(commands) -> None:
 
 
 def run_evaluate_ser(args: argparse.Namespace) -> int:
-    from processing.emotion_labels import LabelMapper
+    from processing.emotion_labels import LabelMapper, parse_label_map
+    from processing.errors import output_folder
     from processing.manifests import load_speech_dataset
-    from trainers.checkpoints import load_blsp_emo
+    from trainers.checkpoints.loading import load_blsp_emo, load_blsp_emo_config
     from trainers.evaluation import evaluate_ser, retrieval_targets
 
-    model, processor = load_blsp_emo(args.model, args.dtype)
-    model.eval()
+    # The cheap checks first: a bad manifest should not wait for the model to load.
+    labels = LabelMapper(load_blsp_emo_config(args.model).emotion_labels, parse_label_map(args.label_map), args.drop_unmapped)
+    output_folder(args.output)
     dataset = load_speech_dataset(
         args.data, audio_column=args.audio_column, text_column="text" if args.targets else None,
-        extra_columns=[args.emotion_column], split=args.split,
+        extra_columns=[args.emotion_column], split=args.split, check_audio=args.check_audio,
+        skip_bad_audio=args.skip_bad_audio, labels=labels, emotion_column=args.emotion_column,
     )
     if args.emotion_column != "emotion":
         dataset = dataset.rename_column(args.emotion_column, "emotion")
-    aliases = dict(pair.split("=", 1) for pair in args.label_map)
-    rows = list(LabelMapper(model.config.emotion_labels, aliases, args.drop_unmapped).apply(dataset))
+    rows = list(dataset)
     targets = retrieval_targets(args.targets) if args.targets else None
+    model, processor = load_blsp_emo(args.model, args.dtype)
+    model.eval()
     metrics = evaluate_ser(model, processor, rows, args.output, targets=targets, batch_size=args.batch_size)
-    summary = {"dataset": str(args.data), "split": args.split, "num_examples": len(rows), "method": "emotion head",
-               "metrics": metrics["head"], "all": metrics}
+    unreadable = metrics["head"]["unreadable"]
+    summary = {"dataset": str(args.data), "split": args.split, "num_examples": len(rows) - unreadable,
+               "unreadable": unreadable, "method": "emotion head", "metrics": metrics["head"], "all": metrics}
     (Path(args.output) / "ser_metrics.json").write_text(json.dumps(summary, indent=2))
     for kind, values in metrics.items():
         extra = f"  UA {values['unweighted_accuracy']:.1%}" if "unweighted_accuracy" in values else ""
         extra += f"  normalized per sentence {values['normalized_accuracy']:.1%}" if "normalized_accuracy" in values else ""
         print(f"{kind:>10}: accuracy {values['accuracy']:.1%}{extra}")
+    if unreadable:
+        print(f"skipped {unreadable} of {len(rows)} clips that could not be loaded (see 'error' in predictions.jsonl)")
     return 0
 
 

@@ -18,6 +18,7 @@ def add_commands(commands) -> None:
 def run_training_command(name: str, argv: Sequence[str]) -> int:
     from transformers import HfArgumentParser, TrainingArguments
 
+    from processing.errors import output_folder
     from trainers.training import (
         EmotionAlignmentArguments,
         SemanticAlignmentArguments,
@@ -31,6 +32,7 @@ def run_training_command(name: str, argv: Sequence[str]) -> int:
     }[name]
     parser = HfArgumentParser((arguments_class, TrainingArguments), prog=f"blsp-emo {name}")
     arguments, training = parser.parse_args_into_dataclasses(list(argv))
+    output_folder(training.output_dir)
     training.remove_unused_columns = False  # the collators read every field of an example
     train(arguments, training)
     return 0

@@ -9,6 +9,7 @@ import torch
 from tqdm.auto import tqdm
 
 from modeling_blsp_emo import BlspEmoForConditionalGeneration, BlspEmoProcessor, load_audio
+from modeling_blsp_emo.numerics import check_finite
 from modeling_blsp_emo.prompts import EMOTION_CONTINUATION_INSTRUCTION, NEUTRAL_SYSTEM_PROMPT
 from modeling_blsp_emo.speech_lengths import SAMPLING_RATE
 from processing.collators import IGNORE_INDEX, SpeechContinuationCollator
@@ -32,7 +33,8 @@ def continuation_log_likelihoods(
     batch = {name: tensor.to(model.device) for name, tensor in batch.items()}
     labels = batch.pop("labels")
     positions = predicting_positions(labels)
-    return mean_response_log_probs(model(**batch, logits_to_keep=positions).logits, labels, positions).tolist()
+    logits = check_finite(model(**batch, logits_to_keep=positions).logits, "raw logits of the candidate continuations")
+    return mean_response_log_probs(logits, labels, positions).tolist()
 
 
 @torch.inference_mode()
@@ -54,8 +56,8 @@ def reply_log_likelihoods(model, tokenizer, chat: list[dict], candidates: Sequen
         attention_mask[row, :end] = 1
     input_ids, labels, attention_mask = (tensor.to(model.device) for tensor in (input_ids, labels, attention_mask))
     positions = predicting_positions(labels)
-    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
-    return mean_response_log_probs(logits[positions], labels, positions).tolist()
+    logits = check_finite(model(input_ids=input_ids, attention_mask=attention_mask).logits[positions], "raw logits of the replies")
+    return mean_response_log_probs(logits, labels, positions).tolist()
 
 
 def writer_retrieval(

@@ -2,6 +2,7 @@
 free text), the emotion head, and emotion-target retrieval (`trainers.evaluation.retrieval`); and
 `evaluate_ser`, the one flow the CLI and the demo run."""
 
+import logging
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,14 +12,19 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from modeling_blsp_emo import BlspEmoForConditionalGeneration, BlspEmoProcessor, load_audio
+from modeling_blsp_emo import AudioInputError, BlspEmoForConditionalGeneration, BlspEmoProcessor, load_audio
+from modeling_blsp_emo.audio_loading import describe_audio_item
+from modeling_blsp_emo.numerics import check_finite
 from modeling_blsp_emo.prompts import NEUTRAL_SYSTEM_PROMPT, ser_instruction
 from modeling_blsp_emo.speech_lengths import SAMPLING_RATE
+from processing.errors import output_folder
 from processing.manifests import write_jsonl
 from processing.target_generation import continue_texts
 from trainers.evaluation.metrics import SER_METRICS_PATH
 from trainers.evaluation.plots import plot_confusion
 from trainers.evaluation.retrieval import target_retrieval
+
+logger = logging.getLogger(__name__)
 
 # Words an answer may use for each of the release's labels.
 EMOTION_SYNONYMS = {
@@ -60,29 +66,50 @@ def predict_emotions(
     clips: Sequence,
     batch_size: int = 8,
     max_new_tokens: int = 24,
+    errors: str = "raise",
 ) -> list[dict]:
     """Per clip: the model's answer to the SER query, the label parsed from it (or None), and the
-    emotion head's label and scores."""
+    emotion head's label and scores. A clip that cannot be loaded raises `AudioInputError`, or with
+    `errors="return"` gets `{"error": message}` instead while the others are still predicted.
+    NaN/inf in the raw logits or the head's logits raise `NonFiniteOutputError` (corrupt weights)."""
+    if errors not in ("raise", "return"):
+        raise ValueError(f"errors={errors!r}: expected 'raise' or 'return'")
     labels = model.config.emotion_labels
     query = ser_instruction(labels)
-    results = []
+    results: list[dict] = []
     for start in tqdm(range(0, len(clips), batch_size), desc="SER", unit="batch"):
-        batch = [load_audio(clip) for clip in clips[start : start + batch_size]]
-        inputs = processor.apply_chat_template([conversation(clip, query) for clip in batch]).to(model.device)
-        generated = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-        answers = processor.batch_decode(generated[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
-        embeds, lengths = model.model.get_audio_features(inputs["input_features"], inputs["feature_attention_mask"])
-        probabilities = model.classify_emotion(embeds, lengths, inputs["audio_item_index"]).float().softmax(-1)
-        for answer, scores in zip(answers, probabilities.tolist()):
-            results.append(
-                {
-                    "answer": answer.strip(),
-                    "parsed": parse_emotion(answer, labels),
-                    "head": labels[int(np.argmax(scores))],
-                    "head_scores": dict(zip(labels, scores)),
-                }
-            )
+        loaded = {}
+        for index, clip in enumerate(clips[start : start + batch_size], start=start):
+            try:
+                loaded[index] = load_audio(clip, name=f"clip {index} ({describe_audio_item(clip)})")
+            except AudioInputError as error:
+                if errors == "raise":
+                    raise
+                loaded[index] = error
+        batch = [clip for clip in loaded.values() if not isinstance(clip, AudioInputError)]
+        predictions = iter(_predict_batch(model, processor, batch, query, labels, max_new_tokens) if batch else ())
+        results.extend({"error": str(clip)} if isinstance(clip, AudioInputError) else next(predictions) for clip in loaded.values())
     return results
+
+
+def _predict_batch(model, processor, batch: list[np.ndarray], query: str, labels: Sequence[str], max_new_tokens: int) -> list[dict]:
+    inputs = processor.apply_chat_template([conversation(clip, query) for clip in batch]).to(model.device)
+    generated = model.generate(
+        **inputs, max_new_tokens=max_new_tokens, do_sample=False, output_logits=True, return_dict_in_generate=True
+    )
+    check_finite(torch.stack(generated.logits), "raw logits of the answers to the SER query")
+    answers = processor.batch_decode(generated.sequences[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    embeds, lengths = model.model.get_audio_features(inputs["input_features"], inputs["feature_attention_mask"])
+    logits = check_finite(model.classify_emotion(embeds, lengths, inputs["audio_item_index"]), "emotion head logits")
+    return [
+        {
+            "answer": answer.strip(),
+            "parsed": parse_emotion(answer, labels),
+            "head": labels[int(np.argmax(scores))],
+            "head_scores": dict(zip(labels, scores)),
+        }
+        for answer, scores in zip(answers, logits.float().softmax(-1).tolist())
+    ]
 
 
 @torch.inference_mode()
@@ -127,23 +154,34 @@ def evaluate_ser(
     """Evaluate SER on `rows` (`audio`, `emotion`; `text` too for retrieval) and write the evidence.
 
     Returns `{"generative": metrics, "head": metrics}` plus `"retrieval"` when emotion `targets`
-    ({(text, emotion): target}) are given. Writes into `output` the predictions (each row's fields
-    that are plain values, with its predictions) and a confusion-matrix plot per method:
+    ({(text, emotion): target}) are given. Clips that cannot be loaded do not end a long run: they
+    are logged, reported with their error in the predictions, left out of every metric and counted
+    in the head's and the generative metrics as `unreadable`. Writes into `output` the predictions
+    (each row's fields that are plain values, with its predictions) and a confusion-matrix plot per method:
     `predictions.jsonl`, `confusion_{head,generative}.png`, or with a model `name`,
     `{name}_predictions.jsonl`, `{name}_{head,generative}_confusion.png`.
     """
-    output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
+    output = output_folder(output)
     labels = model.config.emotion_labels
-    truth = [row["emotion"] for row in rows]
-    predictions = predict_emotions(model, processor, [row["audio"] for row in rows], batch_size)
+    predictions = predict_emotions(model, processor, [row["audio"] for row in rows], batch_size, errors="return")
+    readable = [index for index, prediction in enumerate(predictions) if "error" not in prediction]
+    if len(readable) < len(rows):
+        first = next(p["error"] for p in predictions if "error" in p)
+        if not readable:
+            raise AudioInputError(f"none of the {len(rows)} clips could be loaded (first: {first})")
+        logger.warning("SER: skipped %d of %d clips that could not be loaded (first: %s)", len(rows) - len(readable), len(rows), first)
+    truth = [rows[i]["emotion"] for i in readable]
     metrics = {
-        "generative": ser_metrics([p["parsed"] for p in predictions], truth, labels),
-        "head": ser_metrics([p["head"] for p in predictions], truth, labels),
+        "generative": ser_metrics([predictions[i]["parsed"] for i in readable], truth, labels),
+        "head": ser_metrics([predictions[i]["head"] for i in readable], truth, labels),
     }
     retrieved = [None] * len(rows)
     if targets is not None:
-        retrieved, metrics["retrieval"] = target_retrieval(model, processor, rows, targets)
+        results, metrics["retrieval"] = target_retrieval(model, processor, [rows[i] for i in readable], targets)
+        for i, result in zip(readable, results):
+            retrieved[i] = result
+    for kind in ("generative", "head"):
+        metrics[kind]["unreadable"] = len(rows) - len(readable)
     write_jsonl(output / (f"{name}_predictions.jsonl" if name else "predictions.jsonl"), [
         {**_plain_fields(row), **prediction, **({"retrieval": result} if result else {})}
         for row, prediction, result in zip(rows, predictions, retrieved)

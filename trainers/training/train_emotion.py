@@ -7,6 +7,7 @@ from transformers import TrainingArguments
 from modeling_blsp_emo.prompts import EMOTION_CONTINUATION_INSTRUCTION
 from processing.augmentation import EmotionSafeAugmentation
 from processing.collators import SpeechContinuationCollator
+from processing.errors import UserInputError
 from processing.target_generation import load_targets
 from trainers.checkpoints.builder import save_checkpoint
 from trainers.checkpoints.loading import load_blsp_emo
@@ -34,6 +35,8 @@ class EmotionAlignmentArguments:
     augment: bool = field(default=False, metadata={"help": "noise/gain/reverb/filter augmentation of training audio"})
     trained_weights_output: str | None = field(default=None, metadata={"help": "also save only the trained weights here"})
     dtype: str | None = None
+    check_audio: str = field(default="exists", metadata={"help": "check each clip as the targets load: exists, decode or none"})
+    skip_bad_audio: bool = field(default=False, metadata={"help": "leave out targets with unusable audio (counted)"})
 
 
 def train_emotion(arguments: EmotionAlignmentArguments, training: TrainingArguments) -> EmotionAlignmentTrainer:
@@ -41,10 +44,13 @@ def train_emotion(arguments: EmotionAlignmentArguments, training: TrainingArgume
     model, processor = load_blsp_emo(arguments.model, arguments.dtype)
     if arguments.labels:
         model.set_emotion_labels(arguments.labels.split(","))
-    train_records = load_targets(arguments.targets)
+    checks = dict(required=("audio", "emotion"), check_audio=arguments.check_audio, skip_bad_audio=arguments.skip_bad_audio)
+    train_records = load_targets(arguments.targets, **checks)
     unknown = {record["emotion"] for record in train_records} - set(model.config.label2id)
     if unknown:
-        raise ValueError(f"{arguments.targets}: labels {sorted(unknown)} are not the model's {model.config.emotion_labels}; pass --labels")
+        raise UserInputError(
+            f"labels {sorted(unknown)} are not the model's {model.config.emotion_labels}; pass --labels", path=arguments.targets
+        )
     lora = LoraSettings(
         arguments.lora_scope, arguments.lora_rank, arguments.lora_alpha, arguments.lora_dropout,
         arguments.lora_target_modules.split(",") if arguments.lora_target_modules else None,
@@ -56,7 +62,7 @@ def train_emotion(arguments: EmotionAlignmentArguments, training: TrainingArgume
     )
     trainer = EmotionAlignmentTrainer(
         model=trained, args=training, train_dataset=train_records,
-        eval_dataset=load_targets(arguments.eval_targets) if arguments.eval_targets else None,
+        eval_dataset=load_targets(arguments.eval_targets, **checks) if arguments.eval_targets else None,
         data_collator=collator, er_weight=arguments.er_weight, head_learning_rate=arguments.head_learning_rate,
         encoder_learning_rate=arguments.encoder_learning_rate,
         eval_data_collator=SpeechContinuationCollator(

@@ -18,17 +18,20 @@ class SemanticAlignmentArguments:
     targets: str = field(metadata={"help": "folder written by `blsp-emo generate-targets`"})
     eval_targets: str | None = field(default=None, metadata={"help": "held-out targets folder for evaluation"})
     dtype: str | None = field(default=None, metadata={"help": "load dtype, e.g. bfloat16"})
+    check_audio: str = field(default="exists", metadata={"help": "check each clip as the targets load: exists, decode or none"})
+    skip_bad_audio: bool = field(default=False, metadata={"help": "leave out targets with unusable audio (counted)"})
 
 
 def train_semantic(arguments: SemanticAlignmentArguments, training: TrainingArguments) -> SemanticAlignmentTrainer:
     """Run stage 1 and save a full checkpoint (remote code, processor) in `training.output_dir`."""
     model, processor = load_blsp_emo(arguments.model, arguments.dtype)
     collator = SpeechContinuationCollator(processor, SEMANTIC_TARGET_INSTRUCTION, with_teacher=True)
+    checks = dict(required=("audio",), check_audio=arguments.check_audio, skip_bad_audio=arguments.skip_bad_audio)
     trainer = SemanticAlignmentTrainer(
         model=model,
         args=training,
-        train_dataset=load_targets(arguments.targets),
-        eval_dataset=load_targets(arguments.eval_targets) if arguments.eval_targets else None,
+        train_dataset=load_targets(arguments.targets, **checks),
+        eval_dataset=load_targets(arguments.eval_targets, **checks) if arguments.eval_targets else None,
         data_collator=collator,
     )
     trainer.train(resume_from_checkpoint=training.resume_from_checkpoint)

@@ -21,6 +21,7 @@ from modeling_blsp_emo.prompts import NEUTRAL_SYSTEM_PROMPT, SEMANTIC_TARGET_INS
 from processing.cleaning import RefusalFilter
 from processing.errors import UserInputError, output_folder
 from processing.manifests import usable_audio
+from processing.resume import check_settings, write_settings
 
 logger = logging.getLogger(__name__)
 MAX_NEW_TOKENS = 48
@@ -179,23 +180,7 @@ def check_resume_settings(shard_file: Path, settings: dict) -> None:
             f"holds shards of another run ({sorted(others)[0]}, ...); use the same --num-shards, or another folder",
             path=shard_file.parent,
         )
-    recorded = settings_path(shard_file)
-    if not recorded.exists():
-        return
-    previous = json.loads(recorded.read_text(encoding="utf-8"))
-    changed = sorted(key for key in set(previous) | set(settings) if previous.get(key) != settings.get(key))
-    if changed:
-        details = ", ".join(f"{key} {previous.get(key)!r} then, {settings.get(key)!r} now" for key in changed)
-        raise UserInputError(
-            f"was written with other settings ({details}); pass the same settings to resume, or use another folder",
-            path=shard_file,
-        )
-
-
-def _write_settings(shard_file: Path, settings: dict) -> None:
-    recorded = settings_path(shard_file)
-    if not recorded.exists():
-        recorded.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    check_settings(settings_path(shard_file), settings, write=False)
 
 
 def _read_records(path: Path) -> list[dict]:
@@ -264,7 +249,7 @@ def generate_targets(
         raise UserInputError(
             "holds more rows than this data gives; resume only with the same data, or write into another folder", path=path
         )
-    _write_settings(path, settings)
+    write_settings(settings_path(path), settings)
     for batch in batches:
         histories = [demonstration(example) for example in batch] if demonstration else None
         replies = continue_texts(

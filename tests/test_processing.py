@@ -126,3 +126,72 @@ def test_fuzz_processor_output_always_fits_the_model(processor, lengths, rate, w
     assert int((inputs["input_ids"] == processor.audio_token_id).sum()) == expected
     with torch.no_grad():
         FUZZ_MODEL(**inputs)
+
+
+# --- resuming: the same data and settings, or a clear refusal ----------------------------------
+
+
+def write_some_targets(processor, folder, texts, **settings):
+    from processing.target_generation import generate_targets
+
+    examples = [{"text": text} for text in texts]
+    return generate_targets(tiny_model(), processor.tokenizer, examples, folder, batch_size=2, max_new_tokens=2, **settings)
+
+
+def test_target_resume_with_other_data_is_refused(processor, tmp_path):
+    from processing.errors import UserInputError
+
+    shard = write_some_targets(processor, tmp_path, ["hello world", "the dog", "good day", "bad day"])
+    with pytest.raises(UserInputError, match=r"targets-00000-of-00001.jsonl:3: field 'text': row 2 was written from other data "
+                                             r"\('good day' there, 'sad day' now\)"):
+        write_some_targets(processor, tmp_path, ["hello world", "the dog", "sad day", "bad day"])
+    with pytest.raises(UserInputError, match="holds more rows than this data gives"):
+        write_some_targets(processor, tmp_path, ["hello world", "the dog"])
+    lines = shard.read_text().splitlines()
+    write_some_targets(processor, tmp_path, ["hello world", "the dog", "good day", "bad day", "the fox"])  # same rows, more
+    assert shard.read_text().splitlines()[:4] == lines and len(shard.read_text().splitlines()) == 5
+
+
+def test_target_resume_with_other_settings_or_shard_count_is_refused(processor, tmp_path):
+    from processing.errors import UserInputError
+    from processing.target_generation import emotion_prompt
+
+    texts = ["hello world", "the dog", "good day"]
+    write_some_targets(processor, tmp_path, texts)
+    assert (tmp_path / "targets-00000-of-00001.settings.json").is_file()
+    with pytest.raises(UserInputError, match=r"prompt 'processing.target_generation.semantic_prompt' then, "
+                                             r"'processing.target_generation.emotion_prompt' now"):
+        write_some_targets(processor, tmp_path, texts, prompt=emotion_prompt)
+    with pytest.raises(UserInputError, match="holds shards of another run"):
+        write_some_targets(processor, tmp_path, texts, shard=0, num_shards=2)
+
+
+def test_settings_record_refuses_changes_and_accepts_settings_added_since(tmp_path):
+    import json
+    from dataclasses import dataclass
+
+    from processing.errors import UserInputError
+    from processing.resume import check_settings
+
+    @dataclass
+    class Settings:
+        output: str
+        seed: int = 0
+        steps: int = 3
+
+    check_settings(tmp_path / "settings.json", Settings("a"), ignore=("output",))
+    check_settings(tmp_path / "settings.json", Settings("elsewhere"), ignore=("output",))
+    with pytest.raises(UserInputError, match=r"seed 0 then, 1 now"):
+        check_settings(tmp_path / "settings.json", Settings("a", seed=1), ignore=("output",))
+    (tmp_path / "settings.json").write_text(json.dumps({"seed": 0}))  # written before `steps` existed
+    check_settings(tmp_path / "settings.json", Settings("a"), ignore=("output",))
+
+
+def test_demo_refuses_to_resume_with_other_settings(tmp_path):
+    from processing.errors import UserInputError
+    from trainers.demo import Demo, DemoSettings
+
+    Demo(DemoSettings(output=str(tmp_path), stage1_steps=7))
+    Demo(DemoSettings(output=str(tmp_path), stage1_steps=7))
+    with pytest.raises(UserInputError, match=r"stage1_steps 7 then, 5 now"):
+        Demo(DemoSettings(output=str(tmp_path), stage1_steps=5))

@@ -28,6 +28,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from processing.manifests import read_manifest
+from processing.resume import check_settings
 from processing.synthetic.sentences import SENTENCES
 from processing.synthetic.tts_engines import (
     EMOTIONS,
@@ -164,19 +165,6 @@ def _remove_partials(output_dir: str) -> int:
     return removed
 
 
-def _check_settings(output_dir: str, settings: dict) -> None:
-    path = os.path.join(output_dir, _SETTINGS_FILE)
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as handle:
-            previous = json.load(handle)
-        if previous != settings:
-            changed = sorted(k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k))
-            raise ValueError(f"{output_dir} was built with different settings ({', '.join(changed)}): "
-                             "pass the same arguments to resume, or use another output directory")  # fmt: skip
-        return
-    _write_atomically(path, json.dumps(settings, indent=2, sort_keys=True) + "\n")
-
-
 def _write_atomically(path: str, text: str) -> None:
     temporary = path + PARTIAL_SUFFIX
     with open(temporary, "w", encoding="utf-8") as handle:
@@ -250,7 +238,7 @@ def synthesize_corpus(
         "validation_fraction": validation_fraction, "test_fraction": test_fraction,
         "audio_format": audio_format, "piper_noise": piper_noise, "sentences": len(SENTENCES),
     }  # fmt: skip
-    _check_settings(output_dir, settings)
+    check_settings(os.path.join(output_dir, _SETTINGS_FILE), settings)
     if removed := _remove_partials(output_dir):
         logger.info("removed %d partial files left by an interrupted run", removed)
 

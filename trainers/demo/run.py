@@ -20,6 +20,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from modeling_blsp_emo.prompts import EMOTION_CONTINUATION_INSTRUCTION, SEMANTIC_TARGET_INSTRUCTION
 from processing.collators import SpeechContinuationCollator
 from processing.manifests import read_manifest
+from processing.resume import check_settings
 from processing.synthetic.synth_corpus import synthesize_corpus
 from processing.target_generation import (
     emotion_demonstration,
@@ -85,6 +86,7 @@ class Demo:
         # Absolute: the fresh-process reload runs in this folder and is handed paths inside it.
         self.root = Path(settings.output).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
+        check_settings(self.root / "settings.json", settings, ignore=("output",))  # a resume must not mix two runs
         self.timings_path = self.root / "timings.json"
         self.timings = json.loads(self.timings_path.read_text()) if self.timings_path.exists() else {}
 

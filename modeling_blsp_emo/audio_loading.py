@@ -5,8 +5,11 @@ transformers; file decoding therefore goes through `transformers.audio_utils.loa
 """
 
 import base64
+import io
+import logging
 import math
 import os
+import struct
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,15 +19,11 @@ from transformers.audio_utils import load_audio as _hf_load_audio
 
 from .speech_lengths import SAMPLING_RATE
 
+logger = logging.getLogger(__name__)
+
 _MIN_SAMPLING_RATE = 1000
 _MAX_SAMPLING_RATE = 384000
 _MAX_CHANNELS = 8
-
-# Kaiser-windowed sinc: 32 zero crossings per side with beta 8.6 (~85 dB stopband) keeps the
-# transition band narrow enough that a 0.95 rolloff still leaves little room for aliasing.
-_ZERO_CROSSINGS = 32
-_KAISER_BETA = 8.6
-_ROLLOFF = 0.95
 
 # dtype -> (offset, scale) mapping integer PCM onto [-1, 1).
 _INT_PCM_SCALE = {
@@ -39,11 +38,8 @@ class AudioInputError(ValueError):
 
 
 def resample(waveform: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
-    """Band-limited resampling of a 1-D waveform with a polyphase Kaiser-windowed sinc filter.
-
-    The anti-aliasing cutoff is `_ROLLOFF * min(orig_sr, target_sr) / 2` and the output has
-    `ceil(len(waveform) * target_sr / orig_sr)` samples. Returns float32.
-    """
+    """Band-limited resampling of a 1-D waveform with soxr (high quality). The output has
+    `ceil(len(waveform) * target_sr / orig_sr)` samples, whatever the rates. Returns float32."""
     waveform = np.asarray(waveform, dtype=np.float32)
     if waveform.ndim != 1:
         raise ValueError(f"resample expects a 1-D waveform, got shape {waveform.shape}")
@@ -52,54 +48,15 @@ def resample(waveform: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
         raise ValueError(f"sampling rates must be positive, got {orig_sr} and {target_sr}")
     if orig_sr == target_sr:
         return np.ascontiguousarray(waveform)
-    gcd = math.gcd(orig_sr, target_sr)
-    orig, new = orig_sr // gcd, target_sr // gcd
-    n_in = waveform.shape[0]
-    n_out = -(-n_in * new // orig)
-    if n_out == 0:
-        return np.zeros(0, dtype=np.float32)
-
-    cutoff = _ROLLOFF * min(orig, new) / (2.0 * orig)
-    half_width = math.ceil(_ZERO_CROSSINGS / (2.0 * cutoff))
-    n_taps = 2 * half_width
-    # Output j sits at input time j * orig / new, so outputs sharing j % new (a phase) share taps.
-    # Each conv1d call filters a group of consecutive phases at once (one output channel per
-    # phase, taps shifted by the phase's offset); groups are sized so the shifted taps span about
-    # two filter lengths, bounding wasted multiplies, memory and the number of calls even when gcd
-    # reduction leaves thousands of phases (e.g. 44101 -> 16000 Hz).
-    group = max(1, math.ceil(n_taps * new / orig))
-    n_blocks = -(-n_out // new)
-    padded = torch.nn.functional.pad(torch.from_numpy(waveform), (half_width, half_width))
-    out = torch.zeros(n_blocks, new, dtype=torch.float32)
-    for first in range(0, min(new, n_out), group):
-        phases = torch.arange(first, min(first + group, new), dtype=torch.int64)
-        floor_offsets = phases * orig // new
-        kernels = _phase_kernels((phases * orig % new).to(torch.float64) / new, half_width, cutoff)
-        shifts = floor_offsets - floor_offsets[0]
-        span = int(shifts[-1]) + n_taps
-        bank = torch.zeros(len(phases), span, dtype=torch.float32)
-        bank[torch.arange(len(phases))[:, None], shifts[:, None] + torch.arange(n_taps)] = kernels
-        blocks = len(range(first, n_out, new))
-        start = int(floor_offsets[0]) + 1
-        segment = padded[start : start + (blocks - 1) * orig + span]
-        segment = torch.nn.functional.pad(segment, (0, (blocks - 1) * orig + span - segment.shape[0]))
-        filtered = torch.nn.functional.conv1d(segment[None, None], bank[:, None, :], stride=orig)
-        out[:blocks, first : first + len(phases)] = filtered[0].T
-    return out.reshape(-1)[:n_out].numpy()
-
-
-def _phase_kernels(frac: torch.Tensor, half_width: int, cutoff: float) -> torch.Tensor:
-    """Kaiser-windowed sinc taps (rows: phases) for inputs at offsets -(half_width-1)..half_width
-    from the sample just before each output, `frac` being each output's fractional position."""
-    support = _ZERO_CROSSINGS / (2.0 * cutoff)
-    delta = torch.arange(2 * half_width, dtype=torch.float64)[None, :] - (half_width - 1) - frac[:, None]
-    ratio = (delta / support).clamp(-1.0, 1.0)
-    beta = torch.tensor(_KAISER_BETA, dtype=torch.float64)
-    window = torch.special.i0(beta * torch.sqrt(1.0 - ratio**2)) / torch.special.i0(beta)
-    kernels = 2.0 * cutoff * torch.sinc(2.0 * cutoff * delta) * window
-    # Per-phase DC normalisation stops the phases' slightly different gains from adding a
-    # periodic ripple at the phase rate.
-    return (kernels / kernels.sum(dim=1, keepdim=True)).to(torch.float32)
+    try:  # inside `try`: transformers' check of remote-code imports leaves optional ones to us
+        import soxr
+    except ImportError as error:
+        raise ImportError(f"resampling audio from {orig_sr} Hz needs soxr: pip install soxr") from error
+    n_out = -(-waveform.shape[0] * target_sr // orig_sr)
+    resampled = soxr.resample(waveform, orig_sr, target_sr, quality="HQ") if waveform.shape[0] else waveform
+    # soxr rounds the length down; pad the last partial sample so lengths follow the documented ceil.
+    resampled = np.pad(resampled[:n_out], (0, max(0, n_out - resampled.shape[0])))
+    return np.ascontiguousarray(resampled, dtype=np.float32)
 
 
 def load_audio(item: Any, sampling_rate: int | None = None, name: str | None = None) -> np.ndarray:
@@ -167,13 +124,37 @@ def _decode_path(path: str, name: str) -> np.ndarray:
         raise AudioInputError(f"{name}: file not found")
     if not os.path.isfile(path):
         raise AudioInputError(f"{name}: not a regular file")
+    with open(path, "rb") as handle:
+        _warn_if_truncated_wav(handle, os.path.getsize(path), name)
     return _decode(path, name)
 
 
 def _decode_bytes(data: bytes, name: str) -> np.ndarray:
+    _warn_if_truncated_wav(io.BytesIO(data), len(data), name)
     # A `data:` URI rather than bare base64, so the payload can never be mistaken for a local path;
     # the empty media type leaves format detection to the bytes themselves.
     return _decode("data:;base64," + base64.b64encode(data).decode("ascii"), name)
+
+
+def _warn_if_truncated_wav(handle, size: int, name: str) -> None:
+    """Warn when a WAV file's data chunk promises more bytes than the file holds (a copy cut short):
+    the decoder quietly returns the part that is there."""
+    header = handle.read(12)
+    if len(header) < 12 or header[:4] != b"RIFF" or header[8:12] != b"WAVE":
+        return
+    position = 12
+    while position + 8 <= size:
+        handle.seek(position)
+        chunk_id, chunk_size = struct.unpack("<4sI", handle.read(8))
+        if chunk_id == b"data":
+            available = size - position - 8
+            if available < chunk_size != 0xFFFFFFFF:  # 0xFFFFFFFF: written while streaming, size unknown
+                logger.warning(
+                    "%s: truncated WAV: its header promises %d bytes of audio but the file holds %d (%.0f%%); "
+                    "loading what is there", name, chunk_size, available, 100 * available / chunk_size,
+                )
+            return
+        position += 8 + chunk_size + (chunk_size & 1)  # chunks are padded to an even size
 
 
 def _decode(source: str, name: str) -> np.ndarray:
@@ -229,7 +210,12 @@ def _to_float(samples: Any, name: str) -> np.ndarray:
     if not isinstance(samples, np.ndarray):
         raise AudioInputError(f"{name}: unsupported sample container {type(samples).__qualname__}")
     if samples.dtype.kind == "f":
-        return samples.astype(np.float32)
+        with np.errstate(over="ignore"):
+            converted = samples.astype(np.float32)
+        if not np.isfinite(converted).all() and np.isfinite(samples).all():
+            peak = float(np.abs(samples).max())
+            raise AudioInputError(f"{name}: sample values up to {peak:.3g} are out of range (float audio is expected within about -1..1)")
+        return converted
     if samples.dtype in _INT_PCM_SCALE:
         offset, scale = _INT_PCM_SCALE[samples.dtype]
         return ((samples.astype(np.float64) - offset) / scale).astype(np.float32)

@@ -81,7 +81,7 @@ def predict_emotions(
         loaded = {}
         for index, clip in enumerate(clips[start : start + batch_size], start=start):
             try:
-                loaded[index] = load_audio(clip, name=f"clip {index} ({describe_audio_item(clip)})")
+                loaded[index] = load_audio(clip, name=describe_audio_item(clip, index))
             except AudioInputError as error:
                 if errors == "raise":
                     raise

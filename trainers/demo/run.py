@@ -18,6 +18,7 @@ from transformers import TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
 from modeling_blsp_emo.prompts import EMOTION_CONTINUATION_INSTRUCTION, SEMANTIC_TARGET_INSTRUCTION
+from processing.augmentation import RandomLevel
 from processing.collators import SpeechContinuationCollator
 from processing.manifests import read_manifest
 from processing.resume import check_settings
@@ -29,7 +30,7 @@ from processing.target_generation import (
     load_targets,
     semantic_prompt,
 )
-from trainers.checkpoints import build_blsp_emo, load_blsp_emo, save_checkpoint
+from trainers.checkpoints import build_blsp_emo, load_blsp_emo, load_text_generator, save_checkpoint
 from trainers.checkpoints.bundled import resolve_model_spec
 from trainers.demo.evaluation import evaluate_demo, held_out_clips, pipeline_examples
 from trainers.demo.report import write_report
@@ -37,11 +38,21 @@ from trainers.training.emotion_alignment import EmotionAlignmentTrainer, LoraSet
 from trainers.training.semantic_alignment import SemanticAlignmentTrainer
 
 logger = logging.getLogger(__name__)
+# The bundled LLM strong enough to write emotion-aware targets and to judge replies.
+STRONG_HELPER = "bundled:qwen2.5-coder-1.5b-instruct"
 
 
 @dataclass
 class DemoSettings:
-    """Sizes of a demo run. The defaults fit about 20 minutes on 2 CPU cores; `quick()` a few."""
+    """Sizes of a demo run. The defaults fit about 25 minutes on 2 CPU cores; `quick()` a few.
+
+    `writer` writes the stage-2 (emotion-aware) targets; None means the model's own LLM, as in the
+    paper. The paper's LLM (7B) writes emotional continuations itself; the embedded default's
+    SmolLM2-135M barely does, so a stronger writer such as `bundled:qwen2.5-coder-1.5b-instruct` can
+    be asked instead (`STRONG_HELPER`). Stage 1 keeps the model's own LLM as teacher (the KL needs it).
+    `judge` reads the replies (None: no judged measures). `random_level` trains stage 2 on clips at
+    random peak levels, so loudness cannot stand in for the voice.
+    """
 
     output: str
     encoder: str = "bundled:whisper-tiny.en"
@@ -63,6 +74,11 @@ class DemoSettings:
     head_learning_rate: float = 2e-4
     encoder_learning_rate: float = 1e-4
     emotion_demonstrations: bool = True
+    writer: str | None = None
+    judge: str | None = None
+    helper_dtype: str = "bfloat16"  # writer and judge: half the memory traffic of float32 on CPUs
+    random_level: bool = False
+    reply_tokens: int = 32
     lora_rank: int = 8
     test_fraction: float = 0.1  # of the sentences (their clips are also spoken by held-out voices)
     # bfloat16 autocast while training: ~1.3x faster steps on AVX512-BF16 CPUs; off by default because
@@ -74,7 +90,10 @@ class DemoSettings:
 
     @classmethod
     def quick(cls, output: str, **overrides) -> "DemoSettings":
-        small = dict(num_sentences=12, max_new_tokens=16, batch_size=4, stage1_steps=6, stage2_steps=10, eval_clips=20)
+        small = dict(
+            num_sentences=12, max_new_tokens=16, batch_size=4, stage1_steps=6, stage2_steps=10, eval_clips=20,
+            writer=None, judge=None, reply_tokens=16,
+        )
         return cls(output=output, **{**small, **overrides})
 
 
@@ -137,11 +156,15 @@ class Demo:
             piper_noise=self.settings.piper_noise, test_fraction=self.settings.test_fraction,
         )
 
-    def write_targets(self, folder: str, rows: list[dict], prompt, demonstration=None) -> None:
-        """Targets depend on the text (and emotion) only: generate once per distinct key."""
-        model, processor = load_blsp_emo(str(self.path("base")))
+    def write_targets(self, folder: str, rows: list[dict], prompt, demonstration=None, writer: str | None = None) -> None:
+        """Targets depend on the text (and emotion) only: generate once per distinct key. `writer`:
+        another LLM than the model's own (hub id, folder or bundled:NAME)."""
+        if writer is None:
+            model, tokenizer = load_text_generator(str(self.path("base")))
+        else:
+            model, tokenizer = load_text_generator(resolve_model_spec(writer), self.settings.helper_dtype)
         generate_targets(
-            model, processor.tokenizer, rows, self.path(folder), prompt=prompt, demonstration=demonstration,
+            model, tokenizer, rows, self.path(folder), prompt=prompt, demonstration=demonstration,
             batch_size=self.settings.batch_size * 2, max_new_tokens=self.settings.max_new_tokens, total=len(rows),
         )
 
@@ -153,7 +176,8 @@ class Demo:
         pairs = sorted({(row["text"], row["emotion"]) for name in ("train", "validation", "test") for row in self.split(name)})
         # SmolLM2-135M continues a sentence alike for every emotion unless shown an example first.
         demonstration = emotion_demonstration if self.settings.emotion_demonstrations else None
-        self.write_targets("targets_stage2", [{"text": t, "emotion": e} for t, e in pairs], emotion_prompt, demonstration)
+        rows = [{"text": t, "emotion": e} for t, e in pairs]
+        self.write_targets("targets_stage2", rows, emotion_prompt, demonstration, writer=self.settings.writer)
 
     def with_targets(self, split: str, folder: str, by_emotion: bool) -> list[dict]:
         """Clips of a split joined with their text's (and emotion's) target; refusals drop out."""
@@ -200,7 +224,10 @@ class Demo:
         model, processor = load_blsp_emo(str(self.path("stage1")))
         lora = LoraSettings(scope="audio", rank=self.settings.lora_rank, alpha=self.settings.lora_rank)
         trained = prepare_for_emotion_alignment(model, lora)
-        collator = SpeechContinuationCollator(processor, EMOTION_CONTINUATION_INSTRUCTION, label2id=model.config.label2id)
+        augment = RandomLevel(seed=self.settings.seed) if self.settings.random_level else None
+        collator = SpeechContinuationCollator(
+            processor, EMOTION_CONTINUATION_INSTRUCTION, label2id=model.config.label2id, augment=augment
+        )
         trainer = EmotionAlignmentTrainer(
             model=trained,
             args=self.training_arguments("stage2", self.settings.stage2_steps, self.settings.stage2_learning_rate),
@@ -217,9 +244,13 @@ class Demo:
         return held_out_clips(self.split("test"), self.settings.eval_clips, self.settings.seed)
 
     def evaluate(self) -> None:
+        settings = self.settings
         evaluate_demo(
-            self.root, self.test_clips(), encoder=self.settings.encoder, batch_size=self.settings.batch_size,
-            demonstrations=self.settings.emotion_demonstrations, cascade=self.settings.cascade,
+            self.root, self.test_clips(), encoder=settings.encoder, batch_size=settings.batch_size,
+            demonstrations=settings.emotion_demonstrations, cascade=settings.cascade,
+            writer=resolve_model_spec(settings.writer) if settings.writer else None,
+            judge=resolve_model_spec(settings.judge) if settings.judge else None,
+            helper_dtype=settings.helper_dtype, reply_tokens=settings.reply_tokens,
         )
 
     def reload_in_fresh_process(self) -> None:

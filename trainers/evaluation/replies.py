@@ -12,6 +12,10 @@ from modeling_blsp_emo.prompts import NEUTRAL_SYSTEM_PROMPT, SEMANTIC_TARGET_INS
 from modeling_blsp_emo.speech_lengths import SAMPLING_RATE
 from trainers.evaluation.retrieval import continuation_log_likelihoods
 
+# What guards replies against degenerate loops at inference ("I'm so sorry for any ... I'm so sorry for
+# any ..."): never repeat a 4-gram. Target writing stays plain greedy.
+REPETITION_GUARD = {"no_repeat_ngram_size": 4}
+
 
 @torch.inference_mode()
 def generate_replies(

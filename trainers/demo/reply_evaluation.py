@@ -1,0 +1,51 @@
+"""The demo's judged measures of what the models say: the emotion a judge reads in each continuation
+(against the clip's true emotion), whether it is on topic, how often it loops; each beside the
+judge's calibration on texts whose answer is known."""
+
+from collections.abc import Sequence
+
+from trainers.evaluation.judge import WordChoiceJudge, emotion_agreement, judge_emotions, judge_on_topic
+from trainers.evaluation.replies import repetition_share
+
+
+def judge_replies(judge: WordChoiceJudge, rows: Sequence[dict], replies: dict[str, list[str]], labels: Sequence[str]) -> dict:
+    """Per reply set (e.g. stage 2, stage 1 only, cascade): judged emotion agreement with the clips'
+    true emotions (with its binomial p-value against chance), on-topic rate and repetition share."""
+    truth = [row["emotion"] for row in rows]
+    transcripts = [row["text"] for row in rows]
+    results = {}
+    for name, texts in replies.items():
+        emotions = judge_emotions(judge, texts, labels)
+        on_topic = judge_on_topic(judge, transcripts, texts)
+        results[name] = {
+            "emotion": emotion_agreement(emotions, truth, 1 / len(labels)),
+            "on_topic": sum(on_topic) / max(len(on_topic), 1),
+            "repetition": repetition_share(texts),
+            "judged_emotions": emotions,
+            "judged_on_topic": on_topic,
+        }
+    return results
+
+
+def judge_calibration(
+    judge: WordChoiceJudge,
+    sentences: Sequence[str],
+    emotion_targets: dict[tuple[str, str], str],
+    continuations: dict[str, str],
+    labels: Sequence[str],
+) -> dict:
+    """The judge on texts whose answer is known: the writer's emotion-aware targets of `sentences`
+    (labelled with the emotion they were written for) and each sentence's own continuation vs the
+    next sentence's (on topic / off topic)."""
+    pairs = [(text, label) for text in sentences for label in labels if (text, label) in emotion_targets]
+    judged = judge_emotions(judge, [emotion_targets[pair] for pair in pairs], labels)
+    known = [text for text in sentences if text in continuations]
+    shifted = known[1:] + known[:1]
+    own = judge_on_topic(judge, known, [continuations[text] for text in known])
+    other = judge_on_topic(judge, known, [continuations[text] for text in shifted]) if len(known) > 1 else []
+    return {
+        "writer_targets_emotion": emotion_agreement(judged, [label for _, label in pairs], 1 / len(labels)),
+        "on_topic_own_continuation": sum(own) / max(len(own), 1),
+        "on_topic_other_sentence": sum(other) / max(len(other), 1) if other else None,
+        "sentences": len(known),
+    }

@@ -1,11 +1,17 @@
-"""P3: peak memory of one stage-1 step, LM-head logits only at the positions the KL needs vs
-full-vocabulary logits and log-softmax at every position (the original release's way), same batch.
+"""P3: peak memory of one stage-1 step, this project's loss vs full-vocabulary logits and log-softmax at
+every position (the original release's way), same batch.
 
-Each variant runs in its own process and reports its peak resident memory (`ru_maxrss`), so the
-two do not share an allocator. Random weights: Whisper-tiny-shaped encoder, SmolLM2-135M-shaped LLM
-(49,152-token vocabulary, or `--vocab-size 151936` for Qwen's, as in the release).
+This project's variants are `SemanticAlignmentTrainer.compute_loss` as configured: "sliced" makes the
+logits at the KL's positions all at once (`logits_chunk_size=None`), "chunked" 128 positions at a time
+(the default), "chunked+gc" adds gradient checkpointing of the frozen LLM blocks.
+
+Each variant runs in its own process and reports its peak resident memory (`ru_maxrss`), so they do
+not share an allocator; "step growth" is the peak minus the memory held before the step (model and
+batch). Random weights: Whisper-tiny-shaped encoder, SmolLM2-135M-shaped LLM (49,152-token vocabulary,
+or `--vocab-size 151936` for Qwen's, as in the release).
 
     python benchmarks/p3_stage1_memory.py --batch-size 8 --target-tokens 48
+    python benchmarks/p3_stage1_memory.py --vocab-size 151936 --seconds 30
 """
 
 import argparse
@@ -13,13 +19,24 @@ import json
 import resource
 import subprocess
 import sys
+import tempfile
 
 import torch
 
+VARIANTS = {
+    "sliced": "sliced, all KL positions at once",
+    "chunked": "chunked KL (default)",
+    "chunked+gc": "chunked KL + checkpointing",
+    "full": "full vocab, every position",
+}
+
 
 def one_step(variant: str, batch_size: int, target_tokens: int, seconds: float, vocab_size: int) -> dict:
+    from transformers import TrainingArguments
+
     from modeling_blsp_emo import num_speech_embeddings
-    from trainers.training.losses import distillation_kl, predicting_positions
+    from trainers.training.losses import predicting_positions
+    from trainers.training.semantic_alignment import SemanticAlignmentTrainer
 
     from p1_encoder_padding import AUDIO_TOKEN_ID, build_model, clip_features
 
@@ -45,16 +62,20 @@ def one_step(variant: str, batch_size: int, target_tokens: int, seconds: float, 
     teacher_ids = torch.cat([torch.randint(10, 1000, (batch_size, 40)), targets], 1)
     teacher_labels = torch.full_like(teacher_ids, -100)
     teacher_labels[:, 40:] = targets
+    if variant != "full":
+        args = TrainingArguments(output_dir=tempfile.mkdtemp(), report_to=[], use_cpu=True, remove_unused_columns=False)
+        chunk_size = None if variant == "sliced" else 128
+        trainer = SemanticAlignmentTrainer(model=model, args=args, logits_chunk_size=chunk_size)
+        if variant.endswith("+gc"):  # as `Trainer.train` does for `gradient_checkpointing=True`
+            model.activation_checkpointing_enable()
+        batch = {**student, "labels": labels, "teacher_input_ids": teacher_ids, "teacher_labels": teacher_labels}
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    student_positions, teacher_positions = predicting_positions(labels), predicting_positions(teacher_labels)
-    if variant == "sliced":
-        with torch.no_grad():
-            teacher_logits = model(input_ids=teacher_ids, logits_to_keep=teacher_positions).logits
-        student_logits = model(**student, logits_to_keep=student_positions).logits
-        distillation_kl(teacher_logits, student_logits, 2.0).backward()
+    if variant != "full":
+        trainer.compute_loss(model, batch).backward()
     else:
         # The release: full logits everywhere, softmax and KL over the whole (batch, seq, vocab)
         # tensors, masked afterwards.
+        student_positions, teacher_positions = predicting_positions(labels), predicting_positions(teacher_labels)
         with torch.no_grad():
             teacher_log_probs = torch.log_softmax(model(input_ids=teacher_ids).logits / 2.0, -1)
         student_log_probs = torch.log_softmax(model(**student).logits / 2.0, -1)
@@ -72,13 +93,13 @@ def main() -> None:
     parser.add_argument("--target-tokens", type=int, default=48)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--vocab-size", type=int, default=49152, help="151936 = Qwen's, as in the release")
-    parser.add_argument("--variant", choices=["sliced", "full"], help=argparse.SUPPRESS)
+    parser.add_argument("--variant", choices=list(VARIANTS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.variant:
         print(json.dumps(one_step(args.variant, args.batch_size, args.target_tokens, args.seconds, args.vocab_size)))
         return
     results = {}
-    for variant in ("sliced", "full"):
+    for variant in VARIANTS:
         command = [sys.executable, __file__, "--variant", variant, "--batch-size", str(args.batch_size),
                    "--target-tokens", str(args.target_tokens), "--seconds", str(args.seconds),
                    "--vocab-size", str(args.vocab_size)]
@@ -86,11 +107,15 @@ def main() -> None:
         results[variant] = json.loads(output.strip().splitlines()[-1])
     print(f"stage-1 step, batch {args.batch_size}, {args.target_tokens} target tokens, {args.seconds:g} s clips, "
           f"vocabulary {args.vocab_size}, torch {torch.__version__}")
-    print(f"{'logits':<28}{'peak RSS MiB':>14}{'step growth MiB':>17}")
-    for variant, label in (("sliced", "sliced (KL positions only)"), ("full", "full vocab, every position")):
-        print(f"{label:<28}{results[variant]['peak_mib']:>14.0f}{results[variant]['step_mib']:>17.0f}")
-    ratio = results["sliced"]["step_mib"] / results["full"]["step_mib"]
-    print(f"sliced / full step memory: {ratio:.2f} (peak RSS ratio {results['sliced']['peak_mib'] / results['full']['peak_mib']:.2f})")
+    print(f"{'logits':<36}{'peak RSS MiB':>14}{'step growth MiB':>17}{'/ full':>8}")
+    full = results["full"]["step_mib"]
+    for variant, label in VARIANTS.items():
+        result = results[variant]
+        print(f"{label:<36}{result['peak_mib']:>14.0f}{result['step_mib']:>17.0f}{result['step_mib'] / full:>8.2f}")
+    for variant in ("sliced", "chunked", "chunked+gc"):
+        ratio = results[variant]["step_mib"] / full
+        peak_ratio = results[variant]["peak_mib"] / results["full"]["peak_mib"]
+        print(f"{VARIANTS[variant]} / full step memory: {ratio:.2f} (peak RSS ratio {peak_ratio:.2f})")
 
 
 if __name__ == "__main__":

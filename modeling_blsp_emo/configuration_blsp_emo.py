@@ -5,8 +5,11 @@ from typing import Literal
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
+from .compatibility import check_transformers_version
 from .speech_lengths import parse_kernel_sizes
 from .version import __version__
+
+check_transformers_version()
 
 # The release's label order (ids 0..4); checkpoints trained on other data store their own.
 DEFAULT_EMOTIONS = ("neutral", "happy", "angry", "sad", "surprise")

@@ -4,7 +4,7 @@ The data path: log-mel features → speech embeddings (encoder + adapter) → sc
 positions of the audio placeholder tokens in the LLM's input embeddings → LLM → text.
 """
 
-import inspect
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -12,26 +12,48 @@ import torch
 from torch import nn
 from transformers import AutoModel, GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache
-from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.dynamic_module_utils import custom_object_save
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast, SequenceClassifierOutput
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
+from transformers.utils.deprecation import deprecate_kwarg
 
 from .adapter import SpeechAdapter, length_mask
 from .configuration_blsp_emo import BlspEmoConfig
 from .masked_lora import MaskedLoraLinear, add_masked_lora, check_lora_mask_reached_blocks
-from .pipeline_blsp_emo import AudioToTextPipeline  # imported so that checkpoints ship the pipeline
+from .numerics import check_finite
+from .reply_generation import reply_logits_processors
 from .speech_encoder import check_input_features, encode_padded_to_30s, encode_variable_length
-from .speech_lengths import embeddings_from_frames
+from .speech_lengths import WINDOW_FRAMES, embeddings_from_frames
 
 # Inputs that describe the audio of a prompt: needed at prefill only.
 AUDIO_INPUT_NAMES = ("input_features", "feature_attention_mask", "audio_item_index")
 PIPELINE_TASK = "audio-to-text"
-# transformers 5.24 renamed `past_key_values` to `cache` (5.23 knows only the old name).
-CACHE_FIELD = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
+CLASSIFICATION_TASK = "audio-classification"
+# Auto classes that load the generation model (transformers 5 maps audio/vision LLMs such as Qwen2-Audio
+# and Voxtral under AutoModelForMultimodalLM; AutoModel stays the generation class, as documented).
+GENERATION_AUTO_CLASSES = ("AutoModel", "AutoModelForCausalLM", "AutoModelForMultimodalLM")
+CLASSIFICATION_AUTO_CLASS = "AutoModelForAudioClassification"
+# What config.json's `custom_pipelines` says for each task a checkpoint serves. Both are resolved from
+# the checkpoint itself; neither is registered globally (that would replace transformers' own
+# `audio-classification` pipeline for every model in the process).
+CHECKPOINT_PIPELINES = {
+    PIPELINE_TASK: {"impl": "pipeline_blsp_emo.AudioToTextPipeline", "pt": ["AutoModel"], "tf": [], "type": "multimodal"},
+    CLASSIFICATION_TASK: {
+        "impl": "pipeline_audio_classification.AudioClassificationPipeline",
+        "pt": [CLASSIFICATION_AUTO_CLASS],
+        "tf": [],
+        "type": "audio",
+    },
+}
 
 
-def cache_keyword(module: nn.Module) -> str:
-    """The name under which `module.forward` takes the KV cache."""
-    return "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
+def pipeline_classes(tasks: Sequence[str]) -> list[type]:
+    """The pipeline classes of `tasks`, imported only to save their code with a checkpoint."""
+    from .pipeline_audio_classification import AudioClassificationPipeline
+    from .pipeline_blsp_emo import AudioToTextPipeline
+
+    classes = {PIPELINE_TASK: AudioToTextPipeline, CLASSIFICATION_TASK: AudioClassificationPipeline}
+    return [classes[task] for task in tasks]
 
 
 @dataclass
@@ -67,6 +89,25 @@ class BlspEmoPreTrainedModel(PreTrainedModel):
     _supports_attention_backend = True
     _skip_keys_device_placement = ["cache"]
 
+    # The pipelines that checkpoints saved from this class serve (see `save_pretrained`).
+    checkpoint_tasks: tuple[str, ...] = ()
+
+    def checkpoint_auto_map(self) -> dict[str, str]:
+        """The auto classes (and the classes they load) that checkpoints saved from this class declare."""
+        return {}
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """Save as usual, declaring this checkpoint's auto classes and pipelines in its config and
+        copying the pipelines' code beside the model's (`custom_object_save`)."""
+        if self.checkpoint_tasks:
+            auto_config = (getattr(self.config, "auto_map", None) or {}).get("AutoConfig")
+            self.config.auto_map = {**({"AutoConfig": auto_config} if auto_config else {}), **self.checkpoint_auto_map()}
+            self.config.custom_pipelines = {task: CHECKPOINT_PIPELINES[task] for task in self.checkpoint_tasks}
+        result = super().save_pretrained(save_directory, *args, **kwargs)
+        for pipeline_class in pipeline_classes(self.checkpoint_tasks):
+            custom_object_save(pipeline_class, save_directory)
+        return result
+
     def initialize_weights(self) -> None:
         super().initialize_weights()
         # LoRA layers sit inside the LLM, whose own `_init_weights` draws lora_B like any linear
@@ -76,15 +117,42 @@ class BlspEmoPreTrainedModel(PreTrainedModel):
                 module.reset_lora_parameters()
 
 
-class BlspEmoModel(BlspEmoPreTrainedModel):
-    """Speech encoder, adapter and LLM backbone (no LM head)."""
+class SpeechEmbeddingMixin:
+    """The speech encoder and adapter of the full model and of the classifier's."""
 
-    def __init__(self, config: BlspEmoConfig):
-        super().__init__(config)
+    def init_speech_modules(self, config: BlspEmoConfig) -> None:
         self.audio_encoder = WhisperEncoder(config.audio_config)
         self.adapter = SpeechAdapter(
             config.audio_config.d_model, config.text_config.hidden_size, config.kernel_sizes, config.adapter_inner_dim
         )
+
+    def get_audio_features(
+        self, input_features: torch.Tensor, feature_attention_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Speech embeddings `(clips, steps, hidden)` and real lengths for `(clips, mel, frames)` features.
+
+        `feature_attention_mask` marks real frames; without it every frame is real.
+        """
+        check_input_features(self.audio_encoder, input_features, self.config.audio_padding)
+        if feature_attention_mask is None:
+            frame_lengths = torch.full(
+                (input_features.shape[0],), input_features.shape[-1], dtype=torch.long, device=input_features.device
+            )
+        else:
+            frame_lengths = feature_attention_mask.sum(-1).long()
+        if bool((frame_lengths < 1).any()):
+            raise ValueError("an audio clip has no mel frames (empty audio)")
+        encode = encode_variable_length if self.config.audio_padding == "longest" else encode_padded_to_30s
+        hidden_states, lengths = encode(self.audio_encoder, input_features, frame_lengths)
+        return self.adapter(hidden_states, lengths)
+
+
+class BlspEmoModel(SpeechEmbeddingMixin, BlspEmoPreTrainedModel):
+    """Speech encoder, adapter and LLM backbone (no LM head)."""
+
+    def __init__(self, config: BlspEmoConfig):
+        super().__init__(config)
+        self.init_speech_modules(config)
         self.language_model = AutoModel.from_config(config.text_config)
         self.has_masked_lora = config.lora_scope == "audio"
         if self.has_masked_lora:
@@ -112,26 +180,6 @@ class BlspEmoModel(BlspEmoPreTrainedModel):
     def set_input_embeddings(self, value: nn.Module) -> None:
         self.language_model.set_input_embeddings(value)
 
-    def get_audio_features(
-        self, input_features: torch.Tensor, feature_attention_mask: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Speech embeddings `(clips, steps, hidden)` and real lengths for `(clips, mel, frames)` features.
-
-        `feature_attention_mask` marks real frames; without it every frame is real.
-        """
-        check_input_features(self.audio_encoder, input_features, self.config.audio_padding)
-        if feature_attention_mask is None:
-            frame_lengths = torch.full(
-                (input_features.shape[0],), input_features.shape[-1], dtype=torch.long, device=input_features.device
-            )
-        else:
-            frame_lengths = feature_attention_mask.sum(-1).long()
-        if bool((frame_lengths < 1).any()):
-            raise ValueError("an audio clip has no mel frames (empty audio)")
-        encode = encode_variable_length if self.config.audio_padding == "longest" else encode_padded_to_30s
-        hidden_states, lengths = encode(self.audio_encoder, input_features, frame_lengths)
-        return self.adapter(hidden_states, lengths)
-
     def placeholder_mask(self, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor) -> torch.Tensor:
         """Boolean `(batch, seq)` mask of the audio placeholder positions."""
         if self.config.audio_token_id is None:
@@ -157,6 +205,7 @@ class BlspEmoModel(BlspEmoPreTrainedModel):
         mask = speech_mask[..., None].expand_as(inputs_embeds).to(inputs_embeds.device)
         return inputs_embeds.masked_scatter(mask, speech.to(inputs_embeds.device, inputs_embeds.dtype))
 
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -167,12 +216,10 @@ class BlspEmoModel(BlspEmoPreTrainedModel):
         cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
-        past_key_values: Cache | None = None,
         **kwargs,
     ) -> BlspEmoModelOutputWithPast:
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
-        cache = cache if cache is not None else past_key_values
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
 
@@ -187,10 +234,10 @@ class BlspEmoModel(BlspEmoPreTrainedModel):
             if bool((input_ids == self.config.audio_token_id).any()):
                 raise ValueError("the prompt has audio placeholder tokens but no input_features were given")
 
-        kwargs[cache_keyword(self.language_model)] = cache
         outputs = self.language_model(
             attention_mask=attention_mask,
             position_ids=position_ids,
+            cache=cache,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             **kwargs,
@@ -199,7 +246,7 @@ class BlspEmoModel(BlspEmoPreTrainedModel):
             check_lora_mask_reached_blocks(self.language_model)
         return BlspEmoModelOutputWithPast(
             last_hidden_state=outputs.last_hidden_state,
-            **{CACHE_FIELD: getattr(outputs, CACHE_FIELD, None)},
+            cache=outputs.cache,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             audio_embeds=audio_embeds,
@@ -245,6 +292,8 @@ def windows_per_row(
 class BlspEmoForConditionalGeneration(BlspEmoPreTrainedModel, GenerationMixin):
     """BLSP-Emo with the LLM's output head and the emotion classification head."""
 
+    checkpoint_tasks = (PIPELINE_TASK, CLASSIFICATION_TASK)
+
     def __init__(self, config: BlspEmoConfig):
         super().__init__(config)
         self.model = BlspEmoModel(config)
@@ -280,17 +329,11 @@ class BlspEmoForConditionalGeneration(BlspEmoPreTrainedModel, GenerationMixin):
             )
         return (model, info) if return_info else model
 
-    def save_pretrained(self, save_directory, *args, **kwargs):
-        """Save as usual, registering the `audio-to-text` pipeline that the checkpoint's code carries."""
-        self.config.custom_pipelines = {
-            PIPELINE_TASK: {
-                "impl": f"{AudioToTextPipeline.__module__.rsplit('.', 1)[-1]}.{AudioToTextPipeline.__name__}",
-                "pt": ["AutoModel"],
-                "tf": [],
-                "type": "multimodal",
-            }
-        }
-        return super().save_pretrained(save_directory, *args, **kwargs)
+    def checkpoint_auto_map(self) -> dict[str, str]:
+        module = type(self).__module__.rsplit(".", 1)[-1]
+        auto_map = {auto_class: f"{module}.{type(self).__name__}" for auto_class in GENERATION_AUTO_CLASSES}
+        auto_map[CLASSIFICATION_AUTO_CLASS] = f"{module}.{BlspEmoForAudioClassification.__name__}"
+        return auto_map
 
     def get_input_embeddings(self) -> nn.Module:
         return self.model.get_input_embeddings()
@@ -339,9 +382,12 @@ class BlspEmoForConditionalGeneration(BlspEmoPreTrainedModel, GenerationMixin):
     def classify_emotion(
         self, audio_embeds: torch.Tensor, audio_lengths: torch.Tensor, audio_item_index: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Emotion logits `(items, labels)` from the pooled speech embeddings."""
-        return self.emotion_head(pool_speech_embeddings(audio_embeds, audio_lengths, audio_item_index))
+        """Emotion logits `(items, labels)` from the pooled speech embeddings; raises
+        `NonFiniteOutputError` when they hold NaN or inf (corrupt weights, overflow)."""
+        logits = self.emotion_head(pool_speech_embeddings(audio_embeds, audio_lengths, audio_item_index))
+        return check_finite(logits, "emotion head logits")
 
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -356,7 +402,6 @@ class BlspEmoForConditionalGeneration(BlspEmoPreTrainedModel, GenerationMixin):
         emotion_labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
-        past_key_values: Cache | None = None,
         **kwargs,
     ) -> BlspEmoCausalLMOutputWithPast:
         r"""
@@ -376,7 +421,7 @@ class BlspEmoForConditionalGeneration(BlspEmoPreTrainedModel, GenerationMixin):
             feature_attention_mask=feature_attention_mask,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            cache=cache if cache is not None else past_key_values,
+            cache=cache,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             **kwargs,
@@ -411,15 +456,46 @@ class BlspEmoForConditionalGeneration(BlspEmoPreTrainedModel, GenerationMixin):
             attentions=outputs.attentions,
             audio_embeds=outputs.audio_embeds,
             audio_lengths=outputs.audio_lengths,
-            **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)},
+            cache=outputs.cache,
         )
 
-    def prepare_inputs_for_generation(self, *args, is_first_iteration: bool | None = False, **kwargs):
-        model_inputs = super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
+    def prepare_inputs_for_generation(
+        self,
+        input_ids: torch.LongTensor,
+        next_sequence_length: int | None = None,
+        cache: Cache | None = None,
+        attention_mask: torch.LongTensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        is_first_iteration: bool | None = False,
+        **kwargs,
+    ):
+        model_inputs = super().prepare_inputs_for_generation(
+            input_ids,
+            next_sequence_length=next_sequence_length,
+            cache=cache,
+            attention_mask=attention_mask,
+            inputs_embeds=inputs_embeds,
+            is_first_iteration=is_first_iteration,
+            **kwargs,
+        )
         if not is_first_iteration and kwargs.get("use_cache", True):
             for name in AUDIO_INPUT_NAMES:
                 model_inputs.pop(name, None)
         return model_inputs
+
+    def _get_logits_processor(self, generation_config, input_ids_seq_length: int | None = None, **kwargs):
+        """`repetition_penalty` and `no_repeat_ngram_size` count the reply's own tokens only, as the
+        original release's penalty did (transformers' would count the prompt: instruction, system
+        text, earlier turns, speech placeholders). See `reply_generation`."""
+        reply_only = reply_logits_processors(
+            input_ids_seq_length or 0, generation_config.repetition_penalty, generation_config.no_repeat_ngram_size
+        )
+        if reply_only:
+            generation_config = copy.copy(generation_config)
+            generation_config.repetition_penalty = generation_config.no_repeat_ngram_size = None
+        processors = super()._get_logits_processor(generation_config, input_ids_seq_length, **kwargs)
+        processors[:0] = reply_only
+        return processors
 
     def _expand_inputs_for_generation(
         self, expand_size: int = 1, is_encoder_decoder: bool = False, input_ids=None, **model_kwargs
@@ -442,4 +518,88 @@ class BlspEmoForConditionalGeneration(BlspEmoPreTrainedModel, GenerationMixin):
         return input_ids, {**other, **audio_inputs}
 
 
-__all__ = ["BlspEmoPreTrainedModel", "BlspEmoModel", "BlspEmoForConditionalGeneration", "pool_speech_embeddings"]
+class BlspEmoAudioModel(SpeechEmbeddingMixin, BlspEmoPreTrainedModel):
+    """Speech encoder and adapter only: all the emotion head needs (no LLM)."""
+
+    def __init__(self, config: BlspEmoConfig):
+        super().__init__(config)
+        self.init_speech_modules(config)
+        self.post_init()
+
+
+def frames_before_padding(input_features: torch.Tensor) -> torch.Tensor:
+    """Real mel frames of 30-s padded features given without a mask: the frames after the audio are
+    digital silence, every mel bin at the clip's floor (its minimum), so the clip ends after the last
+    frame with any bin above it."""
+    above_floor = (input_features > input_features.amin(dim=(1, 2), keepdim=True)).any(dim=1)
+    positions = torch.arange(1, input_features.shape[-1] + 1, device=input_features.device)
+    return (above_floor * positions).amax(-1).clamp(min=1)
+
+
+class BlspEmoForAudioClassification(BlspEmoPreTrainedModel):
+    """Speech emotion recognition with BLSP-Emo's encoder, adapter and emotion head; the LLM is neither
+    built nor loaded (its weights in a full checkpoint are skipped).
+
+    ```python
+    model = AutoModelForAudioClassification.from_pretrained(path, trust_remote_code=True)
+    model(**processor.audio_features([clip])).logits  # (items, labels); config.id2label names them
+    ```
+    """
+
+    main_input_name = "input_features"
+    checkpoint_tasks = (CLASSIFICATION_TASK,)
+    # A full checkpoint's LLM and LM head: not part of this model.
+    _keys_to_ignore_on_load_unexpected = [r"^model\.language_model\.", r"^lm_head\."]
+
+    def __init__(self, config: BlspEmoConfig):
+        super().__init__(config)
+        self.model = BlspEmoAudioModel(config)
+        self.emotion_head = nn.Linear(config.text_config.hidden_size, len(config.id2label), bias=False)
+        self.post_init()
+
+    def checkpoint_auto_map(self) -> dict[str, str]:
+        return {CLASSIFICATION_AUTO_CLASS: f"{type(self).__module__.rsplit('.', 1)[-1]}.{type(self).__name__}"}
+
+    def forward(
+        self,
+        input_features: torch.Tensor,
+        feature_attention_mask: torch.Tensor | None = None,
+        audio_item_index: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        **kwargs,
+    ) -> SequenceClassifierOutput:
+        r"""
+        input_features (`torch.Tensor` of shape `(windows, mel bins, frames)`): log-mel features, from
+            [`BlspEmoProcessor.audio_features`] or a Whisper feature extractor.
+        feature_attention_mask (`torch.Tensor` of shape `(windows, frames)`): 1 on real mel frames.
+            `attention_mask` is accepted under that name too (Whisper feature extractors call it so).
+            Without either, 30-s padded features are trimmed after their last non-silent frame
+            (transformers' own `audio-classification` pipeline sends them so).
+        audio_item_index (`torch.LongTensor` of shape `(windows,)`): the item of each window.
+        labels (`torch.LongTensor` of shape `(items,)`): emotion class ids; gives `loss`.
+        """
+        frame_mask = feature_attention_mask if feature_attention_mask is not None else attention_mask
+        if frame_mask is None and input_features.shape[-1] == WINDOW_FRAMES:
+            frames = frames_before_padding(input_features)
+            frame_mask = length_mask(frames, input_features.shape[-1]).long()
+            if self.config.audio_padding == "longest":
+                input_features = input_features[..., : int(frames.max())]
+                frame_mask = frame_mask[:, : input_features.shape[-1]]
+        audio_embeds, audio_lengths = self.model.get_audio_features(input_features, frame_mask)
+        pooled = pool_speech_embeddings(audio_embeds, audio_lengths, audio_item_index)
+        logits = check_finite(self.emotion_head(pooled), "emotion head logits")
+        loss = None
+        if labels is not None:
+            loss = nn.functional.cross_entropy(logits.float(), labels.to(logits.device))
+        return SequenceClassifierOutput(loss=loss, logits=logits)
+
+
+__all__ = [
+    "BlspEmoAudioModel",
+    "BlspEmoForAudioClassification",
+    "BlspEmoForConditionalGeneration",
+    "BlspEmoModel",
+    "BlspEmoPreTrainedModel",
+    "pool_speech_embeddings",
+]

@@ -2,16 +2,18 @@
 
 from typing import Any
 
-import torch
-from transformers import Pipeline
+from transformers import LogitsProcessorList
 
+from .pipeline_base import BlspEmoPipeline
 from .prompts import ser_instruction
 from .prompts import system_prompt as preset_system_prompt
+from .reply_generation import REPLY_GENERATION_DEFAULTS, NonFiniteLogitsCheck
+from .speech_lengths import SAMPLING_RATE
 
 DEFAULT_MAX_NEW_TOKENS = 128
 
 
-class AudioToTextPipeline(Pipeline):
+class AudioToTextPipeline(BlspEmoPipeline):
     """Answer spoken input with a BLSP-Emo model.
 
     ```python
@@ -19,13 +21,21 @@ class AudioToTextPipeline(Pipeline):
     pipe("question.wav", prompt="", empathetic=True)  # [{"generated_text": "..."}]
     pipe(["a.wav", "b.flac"], batch_size=2)           # [[{...}], [{...}]]
     pipe(array, sampling_rate=44100, return_emotion=True)  # adds "emotion", "scores", "ser_answer"
+    for result in pipe(KeyDataset(dataset, "audio"), batch_size=8): ...  # streams, like any pipeline
+    pipe(["a.wav", "missing.wav"], errors="return")   # [[{...}], [{"generated_text": None, "error": "..."}]]
     ```
 
     Inputs: anything the processor's audio loader accepts (paths, bytes, arrays with
-    `sampling_rate`, `datasets` audio values), or a list of them. Parameters: `prompt` (text said
-    before the speech in the user turn), `system_prompt`, `empathetic` (use the empathetic system
-    prompt), `return_emotion` (emotion head label and scores, plus the model's own answer to the
-    speech-emotion query), `max_new_tokens`, `generate_kwargs`.
+    `sampling_rate`, `datasets` audio values), a list, a generator or a dataset of them. Parameters:
+    `prompt` (text said before the speech in the user turn), `system_prompt`, `empathetic` (use the
+    empathetic system prompt), `return_emotion` (emotion head label and scores, plus the model's own
+    answer to the speech-emotion query), `max_new_tokens`, `generate_kwargs`, `errors` ("raise": an
+    unusable input stops the call with an error naming its index and source, as transformers does;
+    "return": its result is `[{"generated_text": None, "error": message}]` and the others go on).
+
+    Replies are greedy with a guard against loops (`REPLY_GENERATION_DEFAULTS`: repetition penalty
+    1.1 and no repeated 4-gram, both over the reply's own tokens); override them in `generate_kwargs`
+    (e.g. `{"repetition_penalty": 1.0, "no_repeat_ngram_size": 0}` for plain greedy decoding).
     """
 
     _load_processor = True
@@ -43,68 +53,76 @@ class AudioToTextPipeline(Pipeline):
         return_emotion: bool | None = None,
         max_new_tokens: int | None = None,
         generate_kwargs: dict | None = None,
+        errors: str | None = None,
         **unknown,
     ):
         if unknown:
             raise TypeError(f"audio-to-text pipeline got unknown arguments: {sorted(unknown)}")
         if system_prompt is not None and empathetic is not None:
             raise ValueError("pass either system_prompt or empathetic, not both")
+        self.check_errors_mode(errors)
         preprocess = {
             key: value
             for key, value in dict(
-                prompt=prompt, system_prompt=system_prompt, empathetic=empathetic, sampling_rate=sampling_rate
+                prompt=prompt, system_prompt=system_prompt, empathetic=empathetic, sampling_rate=sampling_rate,
+                return_emotion=return_emotion, errors=errors,
             ).items()
             if value is not None
-        }
-        forward = {"generate_kwargs": dict(generate_kwargs or {})}
-        if max_new_tokens is not None:
-            forward["generate_kwargs"]["max_new_tokens"] = max_new_tokens
+        }  # fmt: skip
+        forward = {}
+        if generate_kwargs is not None or max_new_tokens is not None:
+            forward["generate_kwargs"] = dict(generate_kwargs or {})
+            if max_new_tokens is not None:
+                forward["generate_kwargs"]["max_new_tokens"] = max_new_tokens
         if return_emotion is not None:
-            preprocess["return_emotion"] = return_emotion
             forward["return_emotion"] = return_emotion
         return preprocess, forward, {}
 
-    def __call__(self, inputs: Any, batch_size: int | None = None, **kwargs) -> list:
-        """One input gives `[{"generated_text": ...}]`; a list gives one such list per input."""
-        preprocess, forward, postprocess = self._sanitize_parameters(**kwargs)
-        preprocess = {**self._preprocess_params, **preprocess}
-        forward = {**self._forward_params, **forward}
-        if not isinstance(inputs, list):
-            return self.run_single([inputs], preprocess, forward, postprocess)[0]
-        size = batch_size or self._batch_size or 1
-        results = []
-        for start in range(0, len(inputs), size):
-            results.extend(self.run_single(inputs[start : start + size], preprocess, forward, postprocess))
-        return results
-
-    def conversation(self, audio: Any, prompt: str, system: str, sampling_rate: int | None) -> list[dict]:
-        item = {"type": "audio", "audio": audio}
-        if sampling_rate is not None:
-            item["sampling_rate"] = sampling_rate
-        content = ([{"type": "text", "text": prompt}] if prompt else []) + [item]
-        return [{"role": "system", "content": system}, {"role": "user", "content": content}]
-
     def preprocess(
         self,
-        batch: list,
+        inputs: Any,
         prompt: str = "",
         system_prompt: str | None = None,
         empathetic: bool = False,
         sampling_rate: int | None = None,
         return_emotion: bool = False,
+        errors: str = "raise",
     ) -> dict:
+        """One input → its 16-kHz clip and the prompt text (with one audio placeholder)."""
+        item = self.load_clip(inputs, sampling_rate, errors)
+        if "error" in item:
+            return item
         system = system_prompt if system_prompt is not None else preset_system_prompt(empathetic)
         if return_emotion:
             # The emotion query names the model's own labels.
             prompt = ser_instruction(self.model.config.emotion_labels)
-        conversations = [self.conversation(audio, prompt, system, sampling_rate) for audio in batch]
-        return self.processor.apply_chat_template(conversations, add_generation_prompt=True)
+        audio = {"type": "audio", "audio": item["clip"], "sampling_rate": SAMPLING_RATE}
+        content = ([{"type": "text", "text": prompt}] if prompt else []) + [audio]
+        conversation = [{"role": "system", "content": system}, {"role": "user", "content": content}]
+        item["text"] = self.processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+        return item
 
-    def _forward(self, model_inputs: dict, generate_kwargs: dict | None = None, return_emotion: bool = False) -> dict:
-        generate_kwargs = {"max_new_tokens": DEFAULT_MAX_NEW_TOKENS, **(generate_kwargs or {})}
-        prompt_length = model_inputs["input_ids"].shape[1]
-        sequences = self.model.generate(**model_inputs, **generate_kwargs)
-        outputs = {"generated_ids": sequences[:, prompt_length:]}
+    def collate(self, items: list[dict]) -> dict:
+        """Preprocessed items → one left-padded model batch (all windows of every usable clip)."""
+        errors, clips = self.split_errors(items)
+        batch = {"errors": errors}
+        if clips:
+            texts = [item["text"] for item in items if "error" not in item]
+            batch["model_inputs"] = dict(self.processor(text=texts, audio=clips, sampling_rate=SAMPLING_RATE))
+        return batch
+
+    def _forward(self, batch: dict, generate_kwargs: dict | None = None, return_emotion: bool = False) -> dict:
+        outputs = {"errors": batch["errors"]}
+        if "model_inputs" not in batch:
+            return outputs
+        model_inputs = batch["model_inputs"]
+        kwargs = {**REPLY_GENERATION_DEFAULTS, "max_new_tokens": DEFAULT_MAX_NEW_TOKENS, **(generate_kwargs or {})}
+        # Raw scores hold NaN/+inf only when the weights or the arithmetic are broken: checked once per call.
+        finite = NonFiniteLogitsCheck()
+        kwargs["logits_processor"] = LogitsProcessorList([*(kwargs.get("logits_processor") or []), finite])
+        sequences = self.model.generate(**model_inputs, **kwargs)
+        finite.raise_if_found("LM logits")
+        outputs["generated_ids"] = sequences[:, model_inputs["input_ids"].shape[1] :]
         if return_emotion:
             embeds, lengths = self.model.model.get_audio_features(
                 model_inputs["input_features"], model_inputs["feature_attention_mask"]
@@ -114,21 +132,23 @@ class AudioToTextPipeline(Pipeline):
         return outputs
 
     def postprocess(self, model_outputs: dict) -> list[list[dict]]:
-        texts = self.processor.batch_decode(model_outputs["generated_ids"], skip_special_tokens=True)
-        results = [[{"generated_text": text.strip()}] for text in texts]
-        if "emotion_probs" in model_outputs:
-            labels = self.model.config.emotion_labels
-            for result, probs in zip(results, model_outputs["emotion_probs"].tolist()):
-                scores = dict(zip(labels, probs))
-                result[0].update(
-                    emotion=max(scores, key=scores.get), scores=scores, ser_answer=result[0]["generated_text"]
-                )
+        """One result list per item of the batch."""
+        texts = iter([])
+        if "generated_ids" in model_outputs:
+            texts = iter(self.processor.batch_decode(model_outputs["generated_ids"], skip_special_tokens=True))
+        probs = iter(model_outputs["emotion_probs"].tolist()) if "emotion_probs" in model_outputs else None
+        labels = self.model.config.emotion_labels
+        results = []
+        for error in model_outputs["errors"]:
+            if error is not None:
+                results.append([{"generated_text": None, "error": error}])
+                continue
+            result = {"generated_text": next(texts).strip()}
+            if probs is not None:
+                scores = dict(zip(labels, next(probs)))
+                result.update(emotion=max(scores, key=scores.get), scores=scores, ser_answer=result["generated_text"])
+            results.append([result])
         return results
-
-    @torch.inference_mode()
-    def forward(self, model_inputs: dict, **forward_params) -> dict:
-        model_inputs = model_inputs.to(self.model.device)
-        return self._forward(model_inputs, **forward_params)
 
 
 __all__ = ["AudioToTextPipeline"]

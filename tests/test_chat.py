@@ -7,6 +7,7 @@ import pytest
 import soundfile
 import torch
 
+from modeling_blsp_emo import REPLY_GENERATION_DEFAULTS
 from modeling_blsp_emo.prompts import EMPATHETIC_SYSTEM_PROMPT
 from trainers.cli.main import main
 from trainers.inference.chat import BlspEmoChat, ChatInputError
@@ -49,7 +50,7 @@ def from_scratch(model, processor, chat: BlspEmoChat) -> list[int]:
     audio = processor.audio_features(clips) if clips else {}
     output = model.generate(
         input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **audio,
-        max_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=PAD_TOKEN_ID,
+        max_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=PAD_TOKEN_ID, **REPLY_GENERATION_DEFAULTS,
     )  # fmt: skip
     return output[0, len(prompt) :].tolist()
 

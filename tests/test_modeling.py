@@ -305,3 +305,52 @@ def test_text_only_prompts_need_no_audio():
         output = model(input_ids=input_ids, attention_mask=attention_mask)
     assert output.logits.shape == (2, 4, tiny_config().text_config.vocab_size)
     assert output.audio_embeds is None and output.emotion_logits is None
+
+
+def test_generate_from_inputs_embeds_equals_generate_from_input_ids():
+    model = tiny_model()
+    batch = speech_inputs([16000, 9000])
+    embeds = model.get_input_embeddings()(batch["input_ids"])
+    audio = {name: batch[name] for name in ("input_features", "feature_attention_mask")}
+    with torch.no_grad():
+        from_ids = model.generate(**batch, max_new_tokens=5, do_sample=False, pad_token_id=PAD_TOKEN_ID)
+        from_embeds = model.generate(
+            inputs_embeds=embeds, attention_mask=batch["attention_mask"], **audio,
+            max_new_tokens=5, do_sample=False, pad_token_id=PAD_TOKEN_ID,
+        )  # fmt: skip
+    assert from_embeds.tolist() == from_ids[:, batch["input_ids"].shape[1] :].tolist()
+
+
+def test_the_kv_cache_has_one_name():
+    import inspect
+
+    from modeling_blsp_emo.modeling_blsp_emo import BlspEmoModel
+
+    for forward in (BlspEmoForConditionalGeneration.forward, BlspEmoModel.forward):
+        parameters = inspect.signature(forward).parameters
+        assert "cache" in parameters and "past_key_values" not in parameters
+    model = tiny_model()
+    batch = speech_inputs([16000])
+    with torch.no_grad():
+        output = model(**batch, use_cache=True)
+        assert output.cache.get_seq_length() == batch["input_ids"].shape[1]
+        # The old name still works through transformers' own deprecation shim.
+        with pytest.warns(FutureWarning, match="past_key_values"):
+            model(input_ids=batch["input_ids"][:, -1:], past_key_values=output.cache, use_cache=True)
+
+
+def test_an_old_transformers_is_refused_with_the_version_it_needs():
+    from modeling_blsp_emo.compatibility import MIN_TRANSFORMERS_VERSION, check_transformers_version
+
+    check_transformers_version(MIN_TRANSFORMERS_VERSION + ".0")
+    check_transformers_version("6.0.0.dev0")
+    with pytest.raises(ImportError, match=rf"transformers>={MIN_TRANSFORMERS_VERSION}, found 5\.23\.1"):
+        check_transformers_version("5.23.1")
+
+
+def test_causal_lm_and_multimodal_auto_classes_load_the_generation_model(tmp_path):
+    from transformers import AutoModelForMultimodalLM
+
+    tiny_model().save_pretrained(tmp_path)
+    for auto_class in (AutoModelForCausalLM, AutoModelForMultimodalLM):
+        assert type(auto_class.from_pretrained(tmp_path)) is BlspEmoForConditionalGeneration

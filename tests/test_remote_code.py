@@ -13,11 +13,13 @@ from fresh_process import run_isolated
 
 def test_checkpoint_declares_remote_code_and_pipeline(saved_checkpoint):
     config = json.loads((saved_checkpoint / "config.json").read_text())
-    assert config["auto_map"]["AutoModel"] == "modeling_blsp_emo.BlspEmoForConditionalGeneration"
+    for auto_class in ("AutoModel", "AutoModelForCausalLM", "AutoModelForMultimodalLM"):
+        assert config["auto_map"][auto_class] == "modeling_blsp_emo.BlspEmoForConditionalGeneration"
+    assert config["auto_map"]["AutoModelForAudioClassification"] == "modeling_blsp_emo.BlspEmoForAudioClassification"
     assert config["custom_pipelines"]["audio-to-text"]["impl"] == "pipeline_blsp_emo.AudioToTextPipeline"
     processor_config = json.loads((saved_checkpoint / "processor_config.json").read_text())
     assert processor_config["auto_map"]["AutoProcessor"] == "processing_blsp_emo.BlspEmoProcessor"
-    for name in ("modeling_blsp_emo.py", "processing_blsp_emo.py", "pipeline_blsp_emo.py", "audio_loading.py"):
+    for name in ("modeling_blsp_emo.py", "processing_blsp_emo.py", "pipeline_blsp_emo.py", "audio_loading.py", "compatibility.py"):
         assert (saved_checkpoint / name).is_file()
     assert not list(saved_checkpoint.glob("*.bin"))
 
@@ -53,3 +55,27 @@ print(json.dumps({{"package_imported": any(m.startswith("modeling_blsp_emo") for
     assert result["model_module"].startswith("transformers_modules.")
     assert result == {**result, "config": "BlspEmoConfig", "processor": "BlspEmoProcessor"}
     torch.testing.assert_close(torch.load(tmp_path / "logits.pt"), expected, rtol=0, atol=0)
+
+
+def test_fresh_process_multimodal_auto_class_and_generation_from_embeddings(saved_checkpoint, tmp_path):
+    processor = BlspEmoProcessor.from_pretrained(saved_checkpoint)
+    audio = {"type": "audio", "audio": noise(20000, 3), "sampling_rate": 16000}
+    inputs = processor.apply_chat_template([{"role": "user", "content": [audio]}])
+    torch.save(dict(inputs), tmp_path / "inputs.pt")
+    model = AutoModel.from_pretrained(saved_checkpoint).eval()
+    expected = model.generate(**inputs, max_new_tokens=4, do_sample=False)[:, inputs["input_ids"].shape[1] :]
+    result = run_isolated(
+        f"""
+import json, torch
+from transformers import AutoModelForCausalLM, AutoModelForMultimodalLM
+inputs = torch.load({str(tmp_path / "inputs.pt")!r})
+model = AutoModelForMultimodalLM.from_pretrained({str(saved_checkpoint)!r}, trust_remote_code=True).eval()
+causal = AutoModelForCausalLM.from_pretrained({str(saved_checkpoint)!r}, trust_remote_code=True)
+embeds = model.get_input_embeddings()(inputs.pop("input_ids"))
+generated = model.generate(inputs_embeds=embeds, **inputs, max_new_tokens=4, do_sample=False)
+print(json.dumps({{"generated": generated.tolist(), "classes": [type(model).__name__, type(causal).__name__]}}))
+""",
+        tmp_path,
+    )
+    assert result["classes"] == ["BlspEmoForConditionalGeneration"] * 2
+    assert result["generated"] == expected.tolist()

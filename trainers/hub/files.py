@@ -68,7 +68,8 @@ def remote_code_files(model_dir: Path, config: dict, processor_config: dict) -> 
             "processor_config.json an AutoProcessor entry; save the checkpoint with trainers.checkpoints.builder.save_checkpoint"
         )
     # "org/repo--module.Class" references code in another repo, which is not ours to upload.
-    references = [reference for reference in [*auto_map.values(), pipeline["impl"]] if "--" not in reference]
+    impls = [entry["impl"] for entry in config["custom_pipelines"].values()]
+    references = [reference for reference in [*auto_map.values(), *impls] if "--" not in reference]
     pending = [reference.split(".")[0] + ".py" for reference in references]
     found: list[str] = []
     while pending:

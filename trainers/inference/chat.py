@@ -27,8 +27,8 @@ import torch
 from transformers import DynamicCache, TextIteratorStreamer
 
 from modeling_blsp_emo import AudioInputError, BlspEmoForConditionalGeneration, BlspEmoProcessor, load_audio
-from modeling_blsp_emo.modeling_blsp_emo import CACHE_FIELD
 from modeling_blsp_emo.prompts import system_prompt as preset_system_prompt
+from modeling_blsp_emo.reply_generation import REPLY_GENERATION_DEFAULTS
 from modeling_blsp_emo.speech_lengths import MIN_SAMPLES, SAMPLING_RATE
 
 DEFAULT_MAX_NEW_TOKENS = 128
@@ -136,7 +136,9 @@ class BlspEmoChat:
         max_audio_seconds: longer audio is refused with a `ChatInputError`.
         reuse_cache: False re-runs the whole conversation (all audio re-encoded) on every turn, as the
             original release did; the replies are the same (for comparisons and benchmarks).
-        generate_kwargs: extra `generate` arguments (e.g. `do_sample=False`).
+        generate_kwargs: extra `generate` arguments (e.g. `do_sample=False`). Replies are guarded
+            against loops by `REPLY_GENERATION_DEFAULTS` (repetition penalty and no repeated 4-gram,
+            over the reply's own tokens); pass e.g. `{"no_repeat_ngram_size": 0}` to change them.
     """
 
     def __init__(
@@ -160,7 +162,7 @@ class BlspEmoChat:
         self.max_context_tokens = max_context_tokens or text_config.max_position_embeddings
         self.max_audio_seconds = max_audio_seconds
         self.reuse_cache = reuse_cache
-        self.generate_kwargs = dict(generate_kwargs or {})
+        self.generate_kwargs = {**REPLY_GENERATION_DEFAULTS, **(generate_kwargs or {})}
         eos = model.generation_config.eos_token_id
         eos = processor.tokenizer.eos_token_id if eos is None else eos
         self.eos_token_ids = {eos} if isinstance(eos, int) else set(eos)
@@ -344,7 +346,7 @@ class BlspEmoChat:
                 max_new_tokens=self.max_new_tokens,
                 pad_token_id=self.pad_token_id,
                 streamer=streamer,
-                **{CACHE_FIELD: cache},
+                cache=cache,
                 **self.generate_kwargs,
             )
         except BaseException:

@@ -1,0 +1,80 @@
+"""The `audio-classification` pipeline of a BLSP-Emo checkpoint: speech emotion recognition with the
+encoder, adapter and emotion head only (the LLM is neither loaded nor run)."""
+
+from typing import Any
+
+from .pipeline_base import BlspEmoPipeline
+
+DEFAULT_TOP_K = 5
+_NOT_GIVEN = object()
+
+
+class AudioClassificationPipeline(BlspEmoPipeline):
+    """The emotion of speech, as transformers' `audio-classification` pipelines answer.
+
+    ```python
+    classify = pipeline("audio-classification", model="path/or/repo", trust_remote_code=True)
+    classify("clip.wav")                        # [{"label": "sad", "score": 0.93}, ...] best first
+    classify(array, sampling_rate=44100, top_k=1)
+    classify(["a.wav", "b.wav"], batch_size=8)  # one list per input; generators and datasets stream
+    ```
+
+    The task is declared in the checkpoint's own config (`custom_pipelines`), never registered
+    globally, so transformers' own `audio-classification` stays in place for other models. Inputs
+    as for the `audio-to-text` pipeline; clips longer than 30 s are classified over all their
+    windows. `top_k` (default 5; None = all labels), `errors` ("raise" or "return": an unusable
+    input's result is then `[{"label": None, "score": None, "error": message}]`).
+    """
+
+    _load_processor = True
+    _load_tokenizer = False
+    _load_feature_extractor = False
+    _load_image_processor = False
+    _load_video_processor = False
+
+    def _sanitize_parameters(
+        self, top_k: Any = _NOT_GIVEN, sampling_rate: int | None = None, errors: str | None = None, **unknown
+    ):
+        if unknown:
+            raise TypeError(f"audio-classification pipeline got unknown arguments: {sorted(unknown)}")
+        self.check_errors_mode(errors)
+        preprocess = {key: value for key, value in dict(sampling_rate=sampling_rate, errors=errors).items() if value is not None}
+        postprocess = {} if top_k is _NOT_GIVEN else {"top_k": top_k}
+        return preprocess, {}, postprocess
+
+    def preprocess(self, inputs: Any, sampling_rate: int | None = None, errors: str = "raise") -> dict:
+        return self.load_clip(inputs, sampling_rate, errors)
+
+    def collate(self, items: list[dict]) -> dict:
+        """Features of every window of the usable clips, with each window's item index."""
+        errors, clips = self.split_errors(items)
+        batch = {"errors": errors}
+        if clips:
+            batch["model_inputs"] = self.processor.audio_features(clips)
+        return batch
+
+    def _forward(self, batch: dict) -> dict:
+        outputs = {"errors": batch["errors"]}
+        if "model_inputs" in batch:
+            # The model raises on NaN/inf logits (corrupt weights), so no label comes from them.
+            outputs["probs"] = self.model(**batch["model_inputs"]).logits.float().softmax(-1)
+        return outputs
+
+    def postprocess(self, model_outputs: dict, top_k: int | None = DEFAULT_TOP_K) -> list[list[dict]]:
+        id2label = self.model.config.id2label
+        top_k = len(id2label) if top_k is None else min(top_k, len(id2label))
+        ranked = iter([])
+        if "probs" in model_outputs:
+            scores, ids = model_outputs["probs"].topk(top_k, dim=-1)
+            ranked = zip(scores.tolist(), ids.tolist())
+        results = []
+        for error in model_outputs["errors"]:
+            if error is not None:
+                results.append([{"label": None, "score": None, "error": error}])
+                continue
+            scores, ids = next(ranked)
+            results.append([{"label": id2label[index], "score": score} for score, index in zip(scores, ids)])
+        return results
+
+
+__all__ = ["AudioClassificationPipeline"]

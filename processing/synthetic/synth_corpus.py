@@ -27,6 +27,7 @@ import datasets
 import numpy as np
 from tqdm.auto import tqdm
 
+from modeling_blsp_emo.speech_lengths import SAMPLING_RATE
 from processing.manifests import read_manifest
 from processing.resume import check_settings
 from processing.synthetic.sentences import SENTENCES
@@ -337,4 +338,4 @@ def load_corpus(output_dir: str | os.PathLike, split: str, decode: bool | None =
     if decode is None:
         decode = find_spec("torchcodec") is not None
     dataset = datasets.Dataset.from_list(read_manifest(manifest))
-    return dataset.cast_column("audio", datasets.Audio(sampling_rate=16000, decode=decode))
+    return dataset.cast_column("audio", datasets.Audio(sampling_rate=SAMPLING_RATE, decode=decode))

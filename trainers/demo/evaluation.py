@@ -67,7 +67,6 @@ def evaluate_demo(
     were written with worked examples (the writer's ceiling is scored with the same prompt); `writer`
     is the LLM that wrote the stage-2 targets (None: the base model's) and `judge` the LLM that reads
     the replies (None: no judged measures), both loaded in `helper_dtype`."""
-    truth = [row["emotion"] for row in rows]
     labels = json.loads((root / "base" / "config.json").read_text())["id2label"]
     labels = [labels[key] for key in sorted(labels, key=int)]
     targets = retrieval_targets(root / "targets_stage2")
@@ -82,37 +81,21 @@ def evaluate_demo(
     replies = {}
     for name, checkpoint in MODELS.items():
         model, processor = load_blsp_emo(str(root / checkpoint))
-        model.eval()
-        results[name] = evaluate_ser(model, processor, rows, root / "eval", targets=targets, batch_size=batch_size, name=name)
-        results[name]["head_by_level"] = head_accuracy_by_level(model, processor, rows, batch_size)
-        results[name]["sentence_retrieval"] = sentence_retrieval(model, processor, rows, continuations)
-        clips = [row["audio"] for row in rows]
-        replies[name] = generate_replies(
-            model, processor, clips, EMOTION_CONTINUATION_INSTRUCTION, batch_size=batch_size, max_new_tokens=reply_tokens
+        results[name], model_replies = model_measures(
+            model.eval(), processor, rows, root / "eval", name, targets, continuations, batch_size, reply_tokens
         )
-        if name == "stage2":
-            replies["stage2_guarded"] = generate_replies(
-                model, processor, clips, EMOTION_CONTINUATION_INSTRUCTION, batch_size=batch_size,
-                max_new_tokens=reply_tokens, **REPETITION_GUARD,
-            )
-        del model
+        replies.update(model_replies)
     writer_model, writer_tokenizer = (
         load_text_generator(writer, helper_dtype) if writer else (base, base_processor.tokenizer)
     )
-    writer_model.eval()
     results["writer_retrieval"] = writer_retrieval(
-        writer_model, writer_tokenizer, targets, labels, [row["text"] for row in rows], emotion_prompt,
+        writer_model.eval(), writer_tokenizer, targets, labels, [row["text"] for row in rows], emotion_prompt,
         emotion_demonstration if demonstrations else None,
     )
     if cascade:
-        transcribe = whisper_transcriber(resolve_model_spec(encoder))
-        predictions = cascade_predictions(transcribe, base, base_processor.tokenizer, [row["audio"] for row in rows], labels)
-        write_jsonl(root / "eval" / "cascade_predictions.jsonl", [{**r, **p} for r, p in zip(rows, predictions)])
-        results["cascade"] = {"generative": ser_metrics([p["parsed"] for p in predictions], truth, labels)}
-        prompts = [EMOTION_CONTINUATION_INSTRUCTION + p["transcript"] for p in predictions]
-        replies["cascade"] = [text for text, _ in continue_texts(
-            base, base_processor.tokenizer, prompts, max_new_tokens=reply_tokens,
-        )]
+        results["cascade"], replies["cascade"] = cascade_measures(
+            base, base_processor.tokenizer, rows, labels, root / "eval", encoder, reply_tokens
+        )
     results["repetition"] = {name: repetition_share(texts) for name, texts in replies.items()}
     if judge:
         judge_model, judge_tokenizer = (
@@ -129,6 +112,38 @@ def evaluate_demo(
     results["stage1_kl"] = json.loads((root / "stage1_eval.json").read_text())
     (root / "results.json").write_text(json.dumps(results, indent=2))
     return results
+
+
+def model_measures(
+    model, processor, rows: list[dict], output: Path, name: str, targets: dict, continuations: dict[str, str],
+    batch_size: int, reply_tokens: int,
+) -> tuple[dict, dict[str, list[str]]]:
+    """One checkpoint's SER measures, head accuracy by level and sentence retrieval, and its
+    continuations of the held-out clips (stage 2's also with the repetition guard)."""
+    measures = evaluate_ser(model, processor, rows, output, targets=targets, batch_size=batch_size, name=name)
+    measures["head_by_level"] = head_accuracy_by_level(model, processor, rows, batch_size)
+    measures["sentence_retrieval"] = sentence_retrieval(model, processor, rows, continuations)
+    clips = [row["audio"] for row in rows]
+    options = dict(batch_size=batch_size, max_new_tokens=reply_tokens)
+    replies = {name: generate_replies(model, processor, clips, EMOTION_CONTINUATION_INSTRUCTION, **options)}
+    if name == "stage2":
+        replies["stage2_guarded"] = generate_replies(
+            model, processor, clips, EMOTION_CONTINUATION_INSTRUCTION, **options, **REPETITION_GUARD
+        )
+    return measures, replies
+
+
+def cascade_measures(
+    llm, tokenizer, rows: list[dict], labels: list[str], output: Path, encoder: str, reply_tokens: int
+) -> tuple[dict, list[str]]:
+    """The Whisper→LLM cascade: its answers to the SER query and its continuations, both from the
+    transcript alone."""
+    transcribe = whisper_transcriber(resolve_model_spec(encoder))
+    predictions = cascade_predictions(transcribe, llm, tokenizer, [row["audio"] for row in rows], labels)
+    write_jsonl(output / "cascade_predictions.jsonl", [{**r, **p} for r, p in zip(rows, predictions)])
+    measures = {"generative": ser_metrics([p["parsed"] for p in predictions], [row["emotion"] for row in rows], labels)}
+    prompts = [EMOTION_CONTINUATION_INSTRUCTION + p["transcript"] for p in predictions]
+    return measures, [text for text, _ in continue_texts(llm, tokenizer, prompts, max_new_tokens=reply_tokens)]
 
 
 PIPELINE_SCRIPT = """

@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from modeling_blsp_emo import BlspEmoForConditionalGeneration, BlspEmoProcessor, load_audio
 from modeling_blsp_emo.prompts import EMPATHETIC_SYSTEM_PROMPT
+from modeling_blsp_emo.speech_lengths import SAMPLING_RATE
 
 JUDGE_PROMPT = """You are grading an AI assistant's reply to a spoken request.
 The user said: "{instruction}"
@@ -66,7 +67,7 @@ def respond(
     """The model's reply to a spoken instruction, with the empathetic system prompt."""
     conversation = [
         {"role": "system", "content": EMPATHETIC_SYSTEM_PROMPT},
-        {"role": "user", "content": [{"type": "audio", "audio": load_audio(audio), "sampling_rate": 16000}]},
+        {"role": "user", "content": [{"type": "audio", "audio": load_audio(audio), "sampling_rate": SAMPLING_RATE}]},
     ]
     inputs = processor.apply_chat_template(conversation).to(model.device)
     output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 import torch
 
 from modeling_blsp_emo import BlspEmoForConditionalGeneration, BlspEmoProcessor, load_audio
+from modeling_blsp_emo.speech_lengths import SAMPLING_RATE
 from processing.augmentation import peak_normalize
 
 NORMALIZED_PEAK_DBFS = -3.0
@@ -21,7 +22,7 @@ def head_labels(
     for start in range(0, len(clips), batch_size):
         batch = list(clips[start : start + batch_size])
         text = [processor.audio_token] * len(batch)
-        inputs = processor(text=text, audio=batch, sampling_rate=16000, return_tensors="pt").to(model.device)
+        inputs = processor(text=text, audio=batch, sampling_rate=SAMPLING_RATE, return_tensors="pt").to(model.device)
         embeds, lengths = model.model.get_audio_features(inputs["input_features"], inputs["feature_attention_mask"])
         logits = model.classify_emotion(embeds, lengths, inputs["audio_item_index"])
         predicted += [labels[int(index)] for index in logits.argmax(-1)]

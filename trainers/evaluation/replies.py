@@ -9,12 +9,13 @@ from tqdm.auto import tqdm
 
 from modeling_blsp_emo import BlspEmoForConditionalGeneration, BlspEmoProcessor, load_audio
 from modeling_blsp_emo.prompts import NEUTRAL_SYSTEM_PROMPT, SEMANTIC_TARGET_INSTRUCTION
+from modeling_blsp_emo.reply_generation import REPLY_GENERATION_DEFAULTS
 from modeling_blsp_emo.speech_lengths import SAMPLING_RATE
 from trainers.evaluation.retrieval import continuation_log_likelihoods
 
-# What guards replies against degenerate loops at inference ("I'm so sorry for any ... I'm so sorry for
-# any ..."): never repeat a 4-gram. Target writing stays plain greedy.
-REPETITION_GUARD = {"no_repeat_ngram_size": 4}
+# The pipeline's and chat's guard against degenerate loops, over the reply's own tokens; target
+# writing stays plain greedy.
+REPETITION_GUARD = REPLY_GENERATION_DEFAULTS
 
 
 @torch.inference_mode()

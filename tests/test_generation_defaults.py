@@ -111,3 +111,14 @@ def test_pipeline_raises_on_nan_weights_instead_of_answering(tmp_path):
     pipe = pipeline("audio-to-text", model=str(tmp_path), trust_remote_code=True)
     with pytest.raises(ValueError, match="LM logits"):
         pipe(CLIPS[0], sampling_rate=16000, max_new_tokens=3)
+
+
+def test_emotion_mode_raises_on_nan_in_the_emotion_head(tmp_path):
+    model = tiny_model()
+    with torch.no_grad():
+        model.emotion_head.weight[0, 0] = float("inf")
+    model.save_pretrained(tmp_path)
+    BlspEmoProcessor(tiny_feature_extractor(), tiny_tokenizer()).save_pretrained(tmp_path)
+    pipe = pipeline("audio-to-text", model=str(tmp_path), trust_remote_code=True)
+    with pytest.raises(ValueError, match="emotion head logits"):
+        pipe(CLIPS[0], sampling_rate=16000, max_new_tokens=2, return_emotion=True)

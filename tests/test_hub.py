@@ -186,8 +186,8 @@ def test_missing_token_is_a_clear_error(hub, checkpoint, monkeypatch, tmp_path, 
     monkeypatch.delenv("HF_TOKEN")
     monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no_token"))
     hub.requests.clear()
-    with pytest.raises(SystemExit, match="no Hugging Face token found: log in with `hf auth login`, set the HF_TOKEN"):
-        main(["push", "--model", str(checkpoint), "--repo-id", "alice/no-token"])
+    assert main(["push", "--model", str(checkpoint), "--repo-id", "alice/no-token"]) == 2
+    assert "blsp-emo push: no Hugging Face token found: log in with `hf auth login`, set the HF_TOKEN" in capsys.readouterr().err
     assert not [request for request in hub.requests if request[1] != "/api/agent-harnesses"]
 
 

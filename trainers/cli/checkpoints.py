@@ -3,6 +3,7 @@
 import argparse
 
 from modeling_blsp_emo.configuration_blsp_emo import DEFAULT_EMOTIONS
+from processing.errors import UserInputError
 
 
 def add_commands(commands) -> None:
@@ -71,7 +72,7 @@ def run_convert_original(args: argparse.Namespace) -> int:
         dtype = parse_dtype(args.dtype) if args.dtype != "auto" else None
         result = convert_original(args.source, args.output, dtype=dtype, max_shard_size=args.max_shard_size, emotion_labels=labels)
     except ValueError as error:  # a ConversionError (it says what is wrong with the release), or an unknown --dtype
-        raise SystemExit(f"blsp-emo convert-original: {error}") from None
+        raise UserInputError(str(error)) from error
     lora = f"audio-scope LoRA on {', '.join(result.lora_target_modules)}" if result.lora_target_modules else "no LoRA"
     print(f"converted {len(result.sources)} tensors of {args.source} into {result.output_dir} "
           f"({result.num_bytes / 1e9:.2f} GB, {str(result.dtype).removeprefix('torch.')}, Qwen2 LLM, {lora}, 30-s audio padding)")
@@ -98,8 +99,8 @@ def run_push(args: argparse.Namespace) -> int:
             args.model, args.repo_id, private=args.private, revision=args.revision, verify=args.verify,
             commit_message=args.commit_message, **options,
         )
-    except HubPublishError as error:
-        raise SystemExit(f"blsp-emo push: {error}") from None
+    except HubPublishError as error:  # it says what was wrong and what to do (never the token)
+        raise UserInputError(str(error)) from error
     print(f"pushed {len(result.files)} files to {result.repo_id} (branch {result.revision}, commit {result.commit_oid[:10]})")
     if result.verification:
         print(f"verified in a fresh process: emotion {result.verification['emotion']!r}, "

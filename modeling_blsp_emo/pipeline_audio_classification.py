@@ -3,7 +3,7 @@ encoder, adapter and emotion head only (the LLM is neither loaded nor run)."""
 
 from typing import Any
 
-from .pipeline_base import BlspEmoPipeline
+from .pipeline_base import DETECT_SPEECH, BlspEmoPipeline
 
 DEFAULT_TOP_K = 5
 _NOT_GIVEN = object()
@@ -24,6 +24,11 @@ class AudioClassificationPipeline(BlspEmoPipeline):
     as for the `audio-to-text` pipeline; clips longer than 30 s are classified over all their
     windows. `top_k` (default 5; None = all labels), `errors` ("raise" or "return": an unusable
     input's result is then `[{"label": None, "score": None, "error": message}]`).
+
+    With `detect_speech=True`, input without speech (silence, noise, tones, music: a cheap
+    pitch-and-energy check, `speech_activity.has_speech`) is not classified: its result is
+    `[{"label": None, "score": None, "no_speech": True}]`. Default `DETECT_SPEECH` (off): every input is
+    classified.
     """
 
     _load_processor = True
@@ -33,28 +38,36 @@ class AudioClassificationPipeline(BlspEmoPipeline):
     _load_video_processor = False
 
     def _sanitize_parameters(
-        self, top_k: Any = _NOT_GIVEN, sampling_rate: int | None = None, errors: str | None = None, **unknown
+        self,
+        top_k: Any = _NOT_GIVEN,
+        sampling_rate: int | None = None,
+        errors: str | None = None,
+        detect_speech: bool | None = None,
+        **unknown,
     ):
         if unknown:
             raise TypeError(f"audio-classification pipeline got unknown arguments: {sorted(unknown)}")
         self.check_errors_mode(errors)
-        preprocess = {key: value for key, value in dict(sampling_rate=sampling_rate, errors=errors).items() if value is not None}
+        preprocess = dict(sampling_rate=sampling_rate, errors=errors, detect_speech=detect_speech)
+        preprocess = {key: value for key, value in preprocess.items() if value is not None}
         postprocess = {} if top_k is _NOT_GIVEN else {"top_k": top_k}
         return preprocess, {}, postprocess
 
-    def preprocess(self, inputs: Any, sampling_rate: int | None = None, errors: str = "raise") -> dict:
-        return self.load_clip(inputs, sampling_rate, errors)
+    def preprocess(
+        self, inputs: Any, sampling_rate: int | None = None, errors: str = "raise", detect_speech: bool = DETECT_SPEECH
+    ) -> dict:
+        return self.load_clip(inputs, sampling_rate, errors, detect_speech)
 
     def collate(self, items: list[dict]) -> dict:
         """Features of every window of the usable clips, with each window's item index."""
-        errors, clips = self.split_errors(items)
-        batch = {"errors": errors}
+        skipped, clips = self.split_skipped(items)
+        batch = {"skipped": skipped}
         if clips:
             batch["model_inputs"] = self.processor.audio_features(clips)
         return batch
 
     def _forward(self, batch: dict) -> dict:
-        outputs = {"errors": batch["errors"]}
+        outputs = {"skipped": batch["skipped"]}
         if "model_inputs" in batch:
             # The model raises on NaN/inf logits (corrupt weights), so no label comes from them.
             outputs["probs"] = self.model(**batch["model_inputs"]).logits.float().softmax(-1)
@@ -68,9 +81,9 @@ class AudioClassificationPipeline(BlspEmoPipeline):
             scores, ids = model_outputs["probs"].topk(top_k, dim=-1)
             ranked = zip(scores.tolist(), ids.tolist())
         results = []
-        for error in model_outputs["errors"]:
-            if error is not None:
-                results.append([{"label": None, "score": None, "error": error}])
+        for skipped in model_outputs["skipped"]:
+            if skipped is not None:
+                results.append([{"label": None, "score": None, **skipped}])
                 continue
             scores, ids = next(ranked)
             results.append([{"label": id2label[index], "score": score} for score, index in zip(scores, ids)])

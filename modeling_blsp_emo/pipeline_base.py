@@ -17,11 +17,15 @@ from transformers import Pipeline
 from transformers.pipelines.pt_utils import PipelineDataset, PipelineIterator
 
 from .audio_loading import AudioInputError, describe_audio_item, load_audio
+from .speech_activity import has_speech
 from .speech_lengths import MIN_SAMPLES
 
 # `errors=`: "raise" (default, as transformers) stops at the first unusable item; "return" puts
 # {"error": message} in that item's result and goes on with the others.
 ERROR_MODES = ("raise", "return")
+# `detect_speech=`: off by default for now, since the tests' stand-in clips (noise, a steady tone) are not
+# speech; True gives items without speech the result `no_speech` instead of a model answer.
+DETECT_SPEECH = False
 
 
 class IndexedInput(NamedTuple):
@@ -76,8 +80,9 @@ class BlspEmoPipeline(Pipeline):
         batch = self.collate([self.preprocess(IndexedInput(None, inputs), **preprocess_params)])
         return self.postprocess(self.forward(batch, **forward_params), **postprocess_params)[0]
 
-    def load_clip(self, inputs: Any, sampling_rate: int | None, errors: str) -> dict:
-        """`{"clip": 16-kHz waveform}` of one input, or `{"error": message}` when it is unusable and
+    def load_clip(self, inputs: Any, sampling_rate: int | None, errors: str, detect_speech: bool = DETECT_SPEECH) -> dict:
+        """`{"clip": 16-kHz waveform}` of one input, `{"no_speech": True}` when `detect_speech` finds no
+        speech in it (see `speech_activity`), or `{"error": message}` when it is unusable and
         `errors="return"`; with `errors="raise"` the `AudioInputError` names the item."""
         index, item = inputs if isinstance(inputs, IndexedInput) else (None, inputs)
         name = item_name(item, index)
@@ -89,6 +94,8 @@ class BlspEmoPipeline(Pipeline):
             if errors == "return":
                 return {"error": str(error)}
             raise
+        if detect_speech and not has_speech(clip):
+            return {"no_speech": True}
         return {"clip": clip}
 
     @staticmethod
@@ -97,9 +104,11 @@ class BlspEmoPipeline(Pipeline):
             raise ValueError(f"errors={errors!r}: expected one of {ERROR_MODES}")
 
     @staticmethod
-    def split_errors(items: list[dict]) -> tuple[list[str | None], list[np.ndarray]]:
-        """Each item's error (None when usable) and the clips of the usable items, in order."""
-        return [item.get("error") for item in items], [item["clip"] for item in items if "error" not in item]
+    def split_skipped(items: list[dict]) -> tuple[list[dict | None], list[np.ndarray]]:
+        """Per item, why the model skips it (`{"error": message}` or `{"no_speech": True}`; None when it
+        runs), and the clips of the items it runs, in order."""
+        skipped = [None if "clip" in item else {key: item[key] for key in ("error", "no_speech") if key in item} for item in items]
+        return skipped, [item["clip"] for item in items if "clip" in item]
 
 
-__all__ = ["BlspEmoPipeline", "ERROR_MODES", "IndexedInput"]
+__all__ = ["BlspEmoPipeline", "DETECT_SPEECH", "ERROR_MODES", "IndexedInput"]

@@ -4,7 +4,7 @@ from typing import Any
 
 from transformers import LogitsProcessorList
 
-from .pipeline_base import BlspEmoPipeline
+from .pipeline_base import DETECT_SPEECH, BlspEmoPipeline
 from .prompts import ser_instruction
 from .prompts import system_prompt as preset_system_prompt
 from .reply_generation import REPLY_GENERATION_DEFAULTS, NonFiniteLogitsCheck
@@ -23,6 +23,7 @@ class AudioToTextPipeline(BlspEmoPipeline):
     pipe(array, sampling_rate=44100, return_emotion=True)  # adds "emotion", "scores", "ser_answer"
     for result in pipe(KeyDataset(dataset, "audio"), batch_size=8): ...  # streams, like any pipeline
     pipe(["a.wav", "missing.wav"], errors="return")   # [[{...}], [{"generated_text": None, "error": "..."}]]
+    pipe("noise.wav", return_emotion=True, detect_speech=True)  # [{"generated_text": None, "emotion": None, ..., "no_speech": True}]
     ```
 
     Inputs: anything the processor's audio loader accepts (paths, bytes, arrays with
@@ -31,7 +32,11 @@ class AudioToTextPipeline(BlspEmoPipeline):
     empathetic system prompt), `return_emotion` (emotion head label and scores, plus the model's own
     answer to the speech-emotion query), `max_new_tokens`, `generate_kwargs`, `errors` ("raise": an
     unusable input stops the call with an error naming its index and source, as transformers does;
-    "return": its result is `[{"generated_text": None, "error": message}]` and the others go on).
+    "return": its result is `[{"generated_text": None, "error": message}]` and the others go on),
+    `detect_speech` (True: input without speech, such as silence, noise, tones or music, found by a
+    cheap pitch-and-energy check, `speech_activity.has_speech`, is not answered; its result is
+    `[{"generated_text": None, "no_speech": True}]`, with `emotion`, `scores` and `ser_answer` None
+    when `return_emotion`. Default `DETECT_SPEECH`, off: everything is answered as speech).
 
     Replies are greedy with a guard against loops (`REPLY_GENERATION_DEFAULTS`: repetition penalty
     1.1 and no repeated 4-gram, both over the reply's own tokens); override them in `generate_kwargs`
@@ -54,6 +59,7 @@ class AudioToTextPipeline(BlspEmoPipeline):
         max_new_tokens: int | None = None,
         generate_kwargs: dict | None = None,
         errors: str | None = None,
+        detect_speech: bool | None = None,
         **unknown,
     ):
         if unknown:
@@ -65,7 +71,7 @@ class AudioToTextPipeline(BlspEmoPipeline):
             key: value
             for key, value in dict(
                 prompt=prompt, system_prompt=system_prompt, empathetic=empathetic, sampling_rate=sampling_rate,
-                return_emotion=return_emotion, errors=errors,
+                return_emotion=return_emotion, errors=errors, detect_speech=detect_speech,
             ).items()
             if value is not None
         }  # fmt: skip
@@ -74,9 +80,10 @@ class AudioToTextPipeline(BlspEmoPipeline):
             forward["generate_kwargs"] = dict(generate_kwargs or {})
             if max_new_tokens is not None:
                 forward["generate_kwargs"]["max_new_tokens"] = max_new_tokens
+        postprocess = {}
         if return_emotion is not None:
-            forward["return_emotion"] = return_emotion
-        return preprocess, forward, {}
+            forward["return_emotion"] = postprocess["return_emotion"] = return_emotion
+        return preprocess, forward, postprocess
 
     def preprocess(
         self,
@@ -87,10 +94,11 @@ class AudioToTextPipeline(BlspEmoPipeline):
         sampling_rate: int | None = None,
         return_emotion: bool = False,
         errors: str = "raise",
+        detect_speech: bool = DETECT_SPEECH,
     ) -> dict:
         """One input → its 16-kHz clip and the prompt text (with one audio placeholder)."""
-        item = self.load_clip(inputs, sampling_rate, errors)
-        if "error" in item:
+        item = self.load_clip(inputs, sampling_rate, errors, detect_speech)
+        if "clip" not in item:
             return item
         system = system_prompt if system_prompt is not None else preset_system_prompt(empathetic)
         if return_emotion:
@@ -104,15 +112,15 @@ class AudioToTextPipeline(BlspEmoPipeline):
 
     def collate(self, items: list[dict]) -> dict:
         """Preprocessed items → one left-padded model batch (all windows of every usable clip)."""
-        errors, clips = self.split_errors(items)
-        batch = {"errors": errors}
+        skipped, clips = self.split_skipped(items)
+        batch = {"skipped": skipped}
         if clips:
-            texts = [item["text"] for item in items if "error" not in item]
+            texts = [item["text"] for item in items if "clip" in item]
             batch["model_inputs"] = dict(self.processor(text=texts, audio=clips, sampling_rate=SAMPLING_RATE))
         return batch
 
     def _forward(self, batch: dict, generate_kwargs: dict | None = None, return_emotion: bool = False) -> dict:
-        outputs = {"errors": batch["errors"]}
+        outputs = {"skipped": batch["skipped"]}
         if "model_inputs" not in batch:
             return outputs
         model_inputs = batch["model_inputs"]
@@ -131,7 +139,7 @@ class AudioToTextPipeline(BlspEmoPipeline):
             outputs["emotion_probs"] = logits.float().softmax(-1)
         return outputs
 
-    def postprocess(self, model_outputs: dict) -> list[list[dict]]:
+    def postprocess(self, model_outputs: dict, return_emotion: bool = False) -> list[list[dict]]:
         """One result list per item of the batch."""
         texts = iter([])
         if "generated_ids" in model_outputs:
@@ -139,9 +147,10 @@ class AudioToTextPipeline(BlspEmoPipeline):
         probs = iter(model_outputs["emotion_probs"].tolist()) if "emotion_probs" in model_outputs else None
         labels = self.model.config.emotion_labels
         results = []
-        for error in model_outputs["errors"]:
-            if error is not None:
-                results.append([{"generated_text": None, "error": error}])
+        for skipped in model_outputs["skipped"]:
+            if skipped is not None:
+                withheld = dict(emotion=None, scores=None, ser_answer=None) if return_emotion and "no_speech" in skipped else {}
+                results.append([{"generated_text": None, **withheld, **skipped}])
                 continue
             result = {"generated_text": next(texts).strip()}
             if probs is not None:

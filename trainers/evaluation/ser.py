@@ -16,6 +16,7 @@ from modeling_blsp_emo import AudioInputError, BlspEmoForConditionalGeneration, 
 from modeling_blsp_emo.audio_loading import describe_audio_item
 from modeling_blsp_emo.numerics import check_finite
 from modeling_blsp_emo.prompts import NEUTRAL_SYSTEM_PROMPT, ser_instruction
+from modeling_blsp_emo.speech_activity import has_speech
 from modeling_blsp_emo.speech_lengths import SAMPLING_RATE
 from processing.errors import output_folder
 from processing.manifests import write_jsonl
@@ -67,10 +68,13 @@ def predict_emotions(
     batch_size: int = 8,
     max_new_tokens: int = 24,
     errors: str = "raise",
+    detect_speech: bool = False,
 ) -> list[dict]:
     """Per clip: the model's answer to the SER query, the label parsed from it (or None), and the
     emotion head's label and scores. A clip that cannot be loaded raises `AudioInputError`, or with
-    `errors="return"` gets `{"error": message}` instead while the others are still predicted.
+    `errors="return"` gets `{"error": message}` instead while the others are still predicted. With
+    `detect_speech`, a clip without speech (`speech_activity.has_speech`) is not run: its answer,
+    labels and scores are None and it has `"no_speech": True`.
     NaN/inf in the raw logits or the head's logits raise `NonFiniteOutputError` (corrupt weights)."""
     if errors not in ("raise", "return"):
         raise ValueError(f"errors={errors!r}: expected 'raise' or 'return'")
@@ -86,9 +90,17 @@ def predict_emotions(
                 if errors == "raise":
                     raise
                 loaded[index] = error
-        batch = [clip for clip in loaded.values() if not isinstance(clip, AudioInputError)]
+                continue
+            if detect_speech and not has_speech(loaded[index]):
+                loaded[index] = None  # no speech: no emotion is made up for it
+        batch = [clip for clip in loaded.values() if isinstance(clip, np.ndarray)]
         predictions = iter(_predict_batch(model, processor, batch, query, labels, max_new_tokens) if batch else ())
-        results.extend({"error": str(clip)} if isinstance(clip, AudioInputError) else next(predictions) for clip in loaded.values())
+        results.extend(
+            {"error": str(clip)} if isinstance(clip, AudioInputError)
+            else dict(answer=None, parsed=None, head=None, head_scores=None, no_speech=True) if clip is None
+            else next(predictions)
+            for clip in loaded.values()
+        )  # fmt: skip
     return results
 
 
@@ -150,20 +162,25 @@ def evaluate_ser(
     targets: dict[tuple[str, str], str] | None = None,
     batch_size: int = 8,
     name: str | None = None,
+    detect_speech: bool = False,
 ) -> dict:
     """Evaluate SER on `rows` (`audio`, `emotion`; `text` too for retrieval) and write the evidence.
 
     Returns `{"generative": metrics, "head": metrics}` plus `"retrieval"` when emotion `targets`
     ({(text, emotion): target}) are given. Clips that cannot be loaded do not end a long run: they
     are logged, reported with their error in the predictions, left out of every metric and counted
-    in the head's and the generative metrics as `unreadable`. Writes into `output` the predictions
+    in the head's and the generative metrics as `unreadable`. With `detect_speech`, clips without
+    speech get no label (`"no_speech": true` in their predictions), count as unanswered in every
+    metric, and are counted as `no_speech`. Writes into `output` the predictions
     (each row's fields that are plain values, with its predictions) and a confusion-matrix plot per method:
     `predictions.jsonl`, `confusion_{head,generative}.png`, or with a model `name`,
     `{name}_predictions.jsonl`, `{name}_{head,generative}_confusion.png`.
     """
     output = output_folder(output)
     labels = model.config.emotion_labels
-    predictions = predict_emotions(model, processor, [row["audio"] for row in rows], batch_size, errors="return")
+    predictions = predict_emotions(
+        model, processor, [row["audio"] for row in rows], batch_size, errors="return", detect_speech=detect_speech
+    )
     readable = [index for index, prediction in enumerate(predictions) if "error" not in prediction]
     if len(readable) < len(rows):
         first = next(p["error"] for p in predictions if "error" in p)
@@ -180,8 +197,12 @@ def evaluate_ser(
         results, metrics["retrieval"] = target_retrieval(model, processor, [rows[i] for i in readable], targets)
         for i, result in zip(readable, results):
             retrieved[i] = result
+    no_speech = sum(bool(prediction.get("no_speech")) for prediction in predictions)
+    if no_speech:
+        logger.warning("SER: no speech heard in %d of %d clips; they get no label", no_speech, len(rows))
     for kind in ("generative", "head"):
         metrics[kind]["unreadable"] = len(rows) - len(readable)
+        metrics[kind]["no_speech"] = no_speech
     write_jsonl(output / (f"{name}_predictions.jsonl" if name else "predictions.jsonl"), [
         {**_plain_fields(row), **prediction, **({"retrieval": result} if result else {})}
         for row, prediction, result in zip(rows, predictions, retrieved)

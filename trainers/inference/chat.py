@@ -29,6 +29,7 @@ from transformers import DynamicCache, TextIteratorStreamer
 from modeling_blsp_emo import AudioInputError, BlspEmoForConditionalGeneration, BlspEmoProcessor, load_audio
 from modeling_blsp_emo.prompts import system_prompt as preset_system_prompt
 from modeling_blsp_emo.reply_generation import REPLY_GENERATION_DEFAULTS
+from modeling_blsp_emo.speech_activity import has_speech
 from modeling_blsp_emo.speech_lengths import MIN_SAMPLES, SAMPLING_RATE
 
 DEFAULT_MAX_NEW_TOKENS = 128
@@ -48,6 +49,8 @@ class ChatTurn:
     them this turn had to compute (the rest came from the KV cache). `rebuilt` is true when the whole
     conversation was encoded again (first turn, rewritten template text, trimmed history, or
     `reuse_cache=False`); `dropped_turns` is the number of oldest turns dropped to fit the budget.
+    `no_speech` is true when the chat detects speech and heard none in the turn's audio (noise,
+    silence, music); its `emotion` and `scores` are then None.
     """
 
     text: str
@@ -61,6 +64,7 @@ class ChatTurn:
     rebuilt: bool
     dropped_turns: int
     seconds: float
+    no_speech: bool = False
 
 
 @dataclass
@@ -82,6 +86,7 @@ class _Pending:
     rebuilt: bool = False
     dropped_turns: int = 0
     num_new_clips: int = 0
+    no_speech: bool = False  # the turn's audio holds no speech (emotion withheld)
 
 
 def conversation_of(exchanges: list[_Exchange]) -> list[dict[str, Any]]:
@@ -139,6 +144,8 @@ class BlspEmoChat:
         generate_kwargs: extra `generate` arguments (e.g. `do_sample=False`). Replies are guarded
             against loops by `REPLY_GENERATION_DEFAULTS` (repetition penalty and no repeated 4-gram,
             over the reply's own tokens); pass e.g. `{"no_repeat_ngram_size": 0}` to change them.
+        detect_speech: check each turn's audio for speech (`speech_activity.has_speech`); a turn
+            without speech is still answered, but its `ChatTurn` has `no_speech=True` and no emotion.
     """
 
     def __init__(
@@ -152,6 +159,7 @@ class BlspEmoChat:
         max_audio_seconds: float = DEFAULT_MAX_AUDIO_SECONDS,
         reuse_cache: bool = True,
         generate_kwargs: dict | None = None,
+        detect_speech: bool = False,
     ):
         if system_prompt is not None and empathetic:
             raise ValueError("pass either system_prompt or empathetic=True, not both")
@@ -162,6 +170,7 @@ class BlspEmoChat:
         self.max_context_tokens = max_context_tokens or text_config.max_position_embeddings
         self.max_audio_seconds = max_audio_seconds
         self.reuse_cache = reuse_cache
+        self.detect_speech = detect_speech
         self.generate_kwargs = {**REPLY_GENERATION_DEFAULTS, **(generate_kwargs or {})}
         eos = model.generation_config.eos_token_id
         eos = processor.tokenizer.eos_token_id if eos is None else eos
@@ -255,8 +264,10 @@ class BlspEmoChat:
         if self.processor.audio_token in text:
             raise ChatInputError(f"the text must not contain the audio placeholder {self.processor.audio_token!r}")
         content = [{"type": "text", "text": text}] if text else []
+        no_speech = False
         if audio is not None:
             clip = self._load(audio, sampling_rate)
+            no_speech = self.detect_speech and not has_speech(clip)
             content.append({"type": "audio", "audio": clip, "sampling_rate": SAMPLING_RATE})
         exchange = _Exchange(content)
         exchanges = self._exchanges + [exchange]
@@ -274,6 +285,7 @@ class BlspEmoChat:
         if len(pending.token_ids) + self.max_new_tokens > self.max_context_tokens:
             pending = self._trim(exchanges, len(pending.token_ids))
         pending.num_new_clips = len(new_clips)
+        pending.no_speech = no_speech
         return pending
 
     def _load(self, audio: Any, sampling_rate: int | None) -> np.ndarray:
@@ -388,7 +400,7 @@ class BlspEmoChat:
         exchange = pending.exchange
         exchange.reply = tokenizer.decode(content_ids, **decode)
         emotion = scores = None
-        if pending.num_new_clips and emotion_logits is not None:
+        if pending.num_new_clips and emotion_logits is not None and not pending.no_speech:
             probs = emotion_logits[-1].float().softmax(-1).tolist()
             scores = dict(zip(self.model.config.emotion_labels, probs))
             emotion = max(scores, key=scores.get)
@@ -405,6 +417,7 @@ class BlspEmoChat:
             rebuilt=pending.rebuilt,
             dropped_turns=pending.dropped_turns,
             seconds=seconds,
+            no_speech=pending.no_speech,
         )
         kept = self._exchanges[pending.dropped_turns :] if pending.rebuilt else self._exchanges
         self._exchanges = kept + [exchange]

@@ -33,6 +33,8 @@ def user_bubble(text: str | None, spoken: bool, turn: ChatTurn | None = None) ->
     lines = [text.strip()] if text and text.strip() else []
     if spoken:
         lines.append("*[speech]*" if turn is None else f"*[speech, {turn.audio_seconds:.1f} s]*")
+    if turn is not None and turn.no_speech:
+        lines.append("no speech heard: emotion withheld")
     if turn is not None and turn.emotion is not None:
         ranked = sorted(turn.scores.items(), key=lambda item: -item[1])
         scores = ", ".join(f"{label} {score:.0%}" for label, score in ranked)
@@ -45,6 +47,8 @@ def status_line(turn: ChatTurn) -> str:
     line = f"reply in {turn.seconds:.1f} s · {turn.computed_tokens} of {turn.prompt_tokens} prompt tokens computed ({how})"
     if turn.dropped_turns:
         line += f" · {turn.dropped_turns} oldest turn(s) dropped to fit the token budget"
+    if turn.no_speech:
+        line += " · ⚠️ no speech heard in the audio (noise, silence or music?): emotion withheld"
     return line
 
 
@@ -84,7 +88,8 @@ class ChatApp:
             return
         history[-2] = {"role": "user", "content": user_bubble(turn.text, turn.audio_seconds is not None, turn)}
         history[-1] = {"role": "assistant", "content": turn.reply or "*(empty reply)*"}
-        emotion = turn.scores if turn.emotion is not None else gr.skip()
+        # A turn without speech clears the previous turn's emotion rather than leaving it on show.
+        emotion = turn.scores if turn.emotion is not None else None if turn.no_speech else gr.skip()
         yield history, chat, gr.skip(), gr.skip(), emotion, status_line(turn)
 
     def clear(self, chat: BlspEmoChat | None) -> tuple:
@@ -151,7 +156,7 @@ def serve(first: BlspEmoChat, *, title: str, port: int = 7860, empathetic: bool 
     model, processor = first.model, first.processor
     settings = dict(
         max_new_tokens=first.max_new_tokens, max_context_tokens=first.max_context_tokens,
-        max_audio_seconds=first.max_audio_seconds,
+        max_audio_seconds=first.max_audio_seconds, detect_speech=first.detect_speech,
     )  # fmt: skip
 
     def make_chat() -> BlspEmoChat:

@@ -202,3 +202,10 @@ def test_chat_command_converses_over_standard_input(saved_checkpoint, tmp_path, 
     assert "error: missing.wav: file not found" in out
     assert "(empathetic system prompt on)" in out
     assert "error: unknown command '/bogus'" in out
+
+
+def test_chat_and_serve_check_spoken_turns_for_speech_by_default():
+    from trainers.cli.main import build_parser
+
+    assert build_parser().parse_args(["chat", "--model", "m"]).detect_speech is True
+    assert build_parser().parse_args(["serve", "--model", "m", "--no-speech-check"]).detect_speech is False

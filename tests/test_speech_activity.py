@@ -15,7 +15,7 @@ from trainers.inference.chat import BlspEmoChat
 from trainers.inference.web_app import status_line, user_bubble
 
 from conftest import noise
-from tiny_models import tiny_model
+from tiny_models import tiny_model, voice_like
 
 SR = 16000
 
@@ -35,16 +35,6 @@ def harmonic(frequency: float, time: np.ndarray, harmonics: int = 6) -> np.ndarr
 def pink_noise(num_samples: int, seed: int = 0) -> np.ndarray:
     spectrum = np.fft.rfft(np.random.default_rng(seed).standard_normal(num_samples))
     return np.fft.irfft(spectrum / np.sqrt(np.maximum(np.arange(len(spectrum)), 1)), num_samples)
-
-
-def voice_like(duration: float = 1.5, seed: int = 0) -> np.ndarray:
-    """A stand-in for speech that needs no TTS: a harmonic source whose pitch glides around 120 Hz,
-    in syllables with pauses between them."""
-    time = seconds(duration)
-    phase = np.cumsum(120 * (1 + 0.25 * np.sin(2 * np.pi * 0.7 * time + seed))) / SR
-    source = sum(np.sin(2 * np.pi * k * phase) / k for k in range(1, 25))
-    syllables = np.clip(np.sin(2 * np.pi * 2 * time), 0, None) ** 0.5
-    return (0.1 * source * syllables + 0.002 * np.random.default_rng(seed).standard_normal(len(time))).astype(np.float32)
 
 
 def melody(notes: list[float], note_seconds: float = 0.3, gap_seconds: float = 0.15) -> np.ndarray:

@@ -222,3 +222,13 @@ def gradients(model, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     model.zero_grad()
     training_loss(model, batch).backward()
     return {name: parameter.grad.clone() for name, parameter in model.named_parameters() if parameter.grad is not None}
+
+
+def voice_like(duration: float = 1.5, seed: int = 0) -> np.ndarray:
+    """A stand-in for speech that needs no TTS: a harmonic source whose pitch glides around 120 Hz,
+    in syllables with pauses between them."""
+    time = np.arange(int(duration * SAMPLING_RATE)) / SAMPLING_RATE
+    phase = np.cumsum(120 * (1 + 0.25 * np.sin(2 * np.pi * 0.7 * time + seed))) / SAMPLING_RATE
+    source = sum(np.sin(2 * np.pi * k * phase) / k for k in range(1, 25))
+    syllables = np.clip(np.sin(2 * np.pi * 2 * time), 0, None) ** 0.5
+    return (0.1 * source * syllables + 0.002 * np.random.default_rng(seed).standard_normal(len(time))).astype(np.float32)

@@ -14,6 +14,8 @@ def add_commands(commands) -> None:
         command.add_argument("--max-new-tokens", type=int, default=128, help="reply length limit (default 128)")
         command.add_argument("--max-context-tokens", type=int, help="drop oldest turns beyond this (default: the LLM's limit)")
         command.add_argument("--max-audio-seconds", type=float, default=120.0, help="refuse longer audio (default 120)")
+        command.add_argument("--no-speech-check", dest="detect_speech", action="store_false",
+                             help="do not check spoken turns for speech (by default noise or silence gets no emotion)")
     chat.set_defaults(handler=run_chat)
     serve.add_argument("--port", type=int, default=7860, help="port on 127.0.0.1 (0: any free port; default 7860)")
     serve.set_defaults(handler=run_serve)
@@ -26,6 +28,7 @@ def chat_from_args(args: argparse.Namespace):
     return BlspEmoChat.from_pretrained(
         args.model, dtype=args.dtype, empathetic=args.empathetic, max_new_tokens=args.max_new_tokens,
         max_context_tokens=args.max_context_tokens, max_audio_seconds=args.max_audio_seconds,
+        detect_speech=args.detect_speech,
     )  # fmt: skip
 
 

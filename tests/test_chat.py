@@ -12,7 +12,7 @@ from modeling_blsp_emo.prompts import EMPATHETIC_SYSTEM_PROMPT
 from trainers.cli.main import main
 from trainers.inference.chat import BlspEmoChat, ChatInputError
 
-from tiny_models import PAD_TOKEN_ID, random_clip, tiny_model
+from tiny_models import PAD_TOKEN_ID, random_clip, tiny_model, voice_like
 
 NEW_TOKENS = 6
 
@@ -191,14 +191,17 @@ def test_a_failed_generation_leaves_a_chat_that_starts_afresh(model, processor, 
 
 
 def test_chat_command_converses_over_standard_input(saved_checkpoint, tmp_path, monkeypatch, capsys):
-    clip = tmp_path / "clip.wav"
-    soundfile.write(clip, random_clip(20000, 1), 16000)
-    lines = ["hello world", f"/audio {clip}", "/audio missing.wav", "/empathetic on", "good day", "/bogus", "/quit"]
+    clip, hum = tmp_path / "clip.wav", tmp_path / "hum.wav"
+    soundfile.write(clip, voice_like(1.25, 1), 16000)
+    soundfile.write(hum, random_clip(20000, 1), 16000)  # a steady tone in noise: no speech
+    lines = ["hello world", f"/audio {clip}", f"/audio {hum}", "/audio missing.wav", "/empathetic on", "good day",
+             "/bogus", "/quit"]
     monkeypatch.setattr("sys.stdin", io.StringIO("\n".join(lines) + "\n"))
     assert main(["chat", "--model", str(saved_checkpoint), "--max-new-tokens", "4"]) == 0
     out = capsys.readouterr().out
-    assert out.count("model> ") == 3
+    assert out.count("model> ") == 4
     assert out.count("[emotion: ") == 1
+    assert out.count("[no speech heard: emotion withheld]") == 1
     assert "error: missing.wav: file not found" in out
     assert "(empathetic system prompt on)" in out
     assert "error: unknown command '/bogus'" in out

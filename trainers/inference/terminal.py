@@ -73,6 +73,8 @@ def converse(chat: BlspEmoChat, lines: TextIO = sys.stdin, out: TextIO = sys.std
         print(file=out)
         if turn.emotion is not None:
             print(f"  [{emotion_line(turn)}]", file=out)
+        elif turn.no_speech:
+            print("  [no speech heard: emotion withheld]", file=out)
         if turn.dropped_turns:
             print(f"  [{turn.dropped_turns} oldest turn(s) dropped to fit {chat.max_context_tokens} tokens]", file=out)
 

@@ -181,3 +181,18 @@ def test_the_checker_sees_function_local_and_string_imports(tmp_path, monkeypatc
     found = imports_of("processing._layout_probe")[0]
     assert {"trainers.demo", "trainers.cli.main"} <= found
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_public_names_load_lazily_from_trainers():
+    import subprocess
+
+    code = (
+        "import sys, trainers, trainers.inference\n"
+        "heavy = [m for m in ('gradio', 'trainers.cli', 'trainers.demo', 'trainers.hub') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+        "for name in trainers.__all__: getattr(trainers, name)\n"
+        "print(len(trainers.__all__))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert int(result.stdout.split()[-1]) >= 20

@@ -38,8 +38,6 @@ from trainers.training.emotion_alignment import EmotionAlignmentTrainer, LoraSet
 from trainers.training.semantic_alignment import SemanticAlignmentTrainer
 
 logger = logging.getLogger(__name__)
-# The bundled LLM strong enough to write emotion-aware targets and to judge replies.
-STRONG_HELPER = "bundled:qwen2.5-coder-1.5b-instruct"
 
 
 @dataclass
@@ -49,7 +47,7 @@ class DemoSettings:
     `writer` writes the stage-2 (emotion-aware) targets; None means the model's own LLM, as in the
     paper. The paper's LLM (7B) writes emotional continuations itself; the embedded default's
     SmolLM2-135M barely does, so a stronger writer such as `bundled:qwen2.5-coder-1.5b-instruct` can
-    be asked instead (`STRONG_HELPER`). Stage 1 keeps the model's own LLM as teacher (the KL needs it).
+    be asked instead. Stage 1 keeps the model's own LLM as teacher (the KL needs it).
     `judge` reads the replies (None: no judged measures). `random_level` trains stage 2 on clips at
     random peak levels, so loudness cannot stand in for the voice.
     """

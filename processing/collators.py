@@ -8,6 +8,7 @@ finished it).
 
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 
 from modeling_blsp_emo import BlspEmoProcessor, load_audio
@@ -93,14 +94,18 @@ class SpeechContinuationCollator:
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
         return self.processor.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
 
+    def speech_prompts(self, clips: Sequence[np.ndarray]) -> list[list[int]]:
+        """Token ids of each clip's student prompt: the chat prompt with `instruction` and the clip's
+        audio placeholders (one per speech embedding)."""
+        prompts = [self.chat.prompt(self.instruction + self.processor.audio_token)] * len(clips)
+        return self.tokenize(self.processor.expand_audio_tokens(prompts, list(clips)))
+
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         clips = [load_audio(example["audio"], name=f"example {example.get('index', i)}") for i, example in enumerate(examples)]
         if self.augment is not None:
             clips = [self.augment(clip) for clip in clips]
         responses = self.tokenize([self.chat.response(e["target"], bool(e.get("truncated"))) for e in examples])
-        student_prompts = [self.chat.prompt(self.instruction + self.processor.audio_token)] * len(examples)
-        student_prompts = self.processor.expand_audio_tokens(student_prompts, clips)
-        batch = concatenate(self.tokenize(student_prompts), responses, self.pad_id)
+        batch = concatenate(self.speech_prompts(clips), responses, self.pad_id)
         batch.update(self.processor.audio_features(clips))
         if self.with_teacher:
             teacher = concatenate(self.tokenize([self.chat.prompt(self.instruction + e["text"]) for e in examples]), responses, self.pad_id)

@@ -1,11 +1,12 @@
-"""`blsp-emo train-semantic` and `train-emotion`: the two training stages, with all of transformers'
-`TrainingArguments` on the command line (HfArgumentParser)."""
+"""`blsp-emo train-semantic`, `train-emotion` and `train-preference`: the training stages, with all of
+transformers' `TrainingArguments` (trl's `DPOConfig` for stage 3) on the command line (HfArgumentParser)."""
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 TRAINING_COMMANDS = {
     "train-semantic": "stage 1: semantic alignment (options: --help)",
     "train-emotion": "stage 2: emotion alignment, or fine-tuning on new emotion data (options: --help)",
+    "train-preference": "stage 3 (optional, needs trl): emotion preference alignment with DPO (options: --help)",
 }
 
 
@@ -15,22 +16,40 @@ def add_commands(commands) -> None:
         commands.add_parser(name, help=help_text, add_help=False)
 
 
+def training_run(name: str) -> tuple[type, type, Callable]:
+    """The command's options dataclass, its training-arguments dataclass and its run function.
+    Without trl, `train-preference` still parses (so `--help` works) but its run says what to install."""
+    from transformers import TrainingArguments
+
+    if name == "train-preference":
+        from trainers.training.train_preference import INSTALL_HINT, PreferenceArguments, train_preference
+
+        try:
+            from trl import DPOConfig
+        except ImportError:
+            from processing.errors import UserInputError
+
+            def trl_missing(*_) -> None:
+                raise UserInputError(INSTALL_HINT)
+
+            return PreferenceArguments, TrainingArguments, trl_missing
+        return PreferenceArguments, DPOConfig, train_preference
+
+    from trainers.training import EmotionAlignmentArguments, SemanticAlignmentArguments, train_emotion, train_semantic
+
+    return {
+        "train-semantic": (SemanticAlignmentArguments, TrainingArguments, train_semantic),
+        "train-emotion": (EmotionAlignmentArguments, TrainingArguments, train_emotion),
+    }[name]
+
+
 def run_training_command(name: str, argv: Sequence[str]) -> int:
-    from transformers import HfArgumentParser, TrainingArguments
+    from transformers import HfArgumentParser
 
     from processing.errors import output_folder
-    from trainers.training import (
-        EmotionAlignmentArguments,
-        SemanticAlignmentArguments,
-        train_emotion,
-        train_semantic,
-    )
 
-    arguments_class, train = {
-        "train-semantic": (SemanticAlignmentArguments, train_semantic),
-        "train-emotion": (EmotionAlignmentArguments, train_emotion),
-    }[name]
-    parser = HfArgumentParser((arguments_class, TrainingArguments), prog=f"blsp-emo {name}")
+    arguments_class, training_class, train = training_run(name)
+    parser = HfArgumentParser((arguments_class, training_class), prog=f"blsp-emo {name}")
     arguments, training = parser.parse_args_into_dataclasses(list(argv))
     output_folder(training.output_dir)
     training.remove_unused_columns = False  # the collators read every field of an example

@@ -31,18 +31,25 @@ SMOLLM2_135M = dict(
     num_key_value_heads=3, vocab_size=49152, max_position_embeddings=8192, rope_theta=100000.0,
     tie_word_embeddings=True, bos_token_id=1, eos_token_id=2,
 )  # fmt: skip
+# The shape of the bundled 1.5B writer and judge (Qwen2.5-1.5B), with SmolLM2's vocabulary so that
+# token ids stay interchangeable between the two shapes.
+QWEN25_1_5B = dict(
+    SMOLLM2_135M, model_type="qwen2", hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
+    num_attention_heads=12, num_key_value_heads=2, rope_theta=1000000.0,
+)  # fmt: skip
 AUDIO_TOKEN_ID = SMOLLM2_135M["vocab_size"] - 1  # stands in for the placeholder token the builder adds
 
 
 def build_model(
-    audio_padding: str = "longest", llm_layers: int = 30, seed: int = 0, vocab_size: int | None = None
+    audio_padding: str = "longest", llm_layers: int = 30, seed: int = 0, vocab_size: int | None = None,
+    text_config: dict = SMOLLM2_135M,
 ) -> BlspEmoForConditionalGeneration:
-    """A randomly initialised BLSP-Emo model of the benchmark sizes (`llm_layers` LLM blocks, optionally
-    another vocabulary size; the audio token stays id 49151), in eval mode."""
+    """A randomly initialised BLSP-Emo model of the benchmark sizes (`text_config`'s LLM with
+    `llm_layers` blocks, optionally another vocabulary size; the audio token stays id 49151), in eval mode."""
     torch.manual_seed(seed)
     config = BlspEmoConfig(
         audio_config=WHISPER_TINY,
-        text_config=dict(SMOLLM2_135M, num_hidden_layers=llm_layers, vocab_size=vocab_size or SMOLLM2_135M["vocab_size"]),
+        text_config=dict(text_config, num_hidden_layers=llm_layers, vocab_size=vocab_size or text_config["vocab_size"]),
         audio_token_id=AUDIO_TOKEN_ID,
         audio_padding=audio_padding,
     )

@@ -1,14 +1,15 @@
 """P6: speech emotion recognition through `BlspEmoForAudioClassification` (encoder + adapter + emotion
 head) vs the full model's generative SER answer, on the same clips.
 
-One checkpoint of the benchmark sizes (`p1_encoder_padding.py`: Whisper-tiny-shaped encoder,
-SmolLM2-135M-shaped LLM, random weights) is saved once; each path then runs in its own process, which
-loads the checkpoint (timed, peak RSS recorded) and handles one batch of `--clips` clips of 2–6 s
-after a small warm-up. The generative path is prompted like `evaluate-ser` (SER instruction + speech,
-about 60 text tokens around the speech) and writes exactly `--answer-tokens` tokens, a short answer
-("The emotion is sad."): random weights never stop by themselves.
+One checkpoint of the benchmark sizes (`p1_encoder_padding.py`: Whisper-tiny-shaped encoder, an LLM
+shaped like SmolLM2-135M or, with `--llm qwen2.5-1.5b`, like the bundled 1.5B writer; random weights)
+is saved once; each path then runs in its own process, which loads the checkpoint (timed, peak RSS
+recorded) and handles one batch of `--clips` clips of 2–6 s after a small warm-up. The generative
+path is prompted like `evaluate-ser` (SER instruction + speech, about 60 text tokens around the
+speech) and writes exactly `--answer-tokens` tokens, a short answer ("The emotion is sad."): random
+weights never stop by themselves.
 
-    python benchmarks/p6_ser_fast_path.py --clips 16 --threads 2
+    python benchmarks/p6_ser_fast_path.py --clips 16 --threads 2 [--llm qwen2.5-1.5b]
 """
 
 import argparse
@@ -27,7 +28,9 @@ from transformers import WhisperFeatureExtractor
 from modeling_blsp_emo import BlspEmoForAudioClassification, BlspEmoForConditionalGeneration
 from modeling_blsp_emo.speech_lengths import SAMPLING_RATE, mel_frames, num_speech_embeddings
 
-from p1_encoder_padding import AUDIO_TOKEN_ID, build_model
+from p1_encoder_padding import AUDIO_TOKEN_ID, QWEN25_1_5B, SMOLLM2_135M, build_model
+
+LLM_SHAPES = {"smollm2-135m": SMOLLM2_135M, "qwen2.5-1.5b": QWEN25_1_5B}
 
 PROMPT_TEXT_TOKENS = 60  # system prompt, SER instruction and chat-template tokens around the speech
 
@@ -109,7 +112,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clips", type=int, default=16, help="clips in the timed batch")
     parser.add_argument("--answer-tokens", type=int, default=8, help="tokens of the generative SER answer")
-    parser.add_argument("--llm-layers", type=int, default=30, help="LLM blocks (SmolLM2-135M has 30)")
+    parser.add_argument("--llm", choices=LLM_SHAPES, default="smollm2-135m", help="the LLM's shape (random weights)")
+    parser.add_argument("--llm-layers", type=int, default=None, help="LLM blocks (default: the shape's own)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--worker", nargs=2, metavar=("CHECKPOINT", "KIND"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -120,7 +124,8 @@ def main() -> None:
         return
 
     with tempfile.TemporaryDirectory() as directory:
-        model = build_model(llm_layers=args.llm_layers)
+        shape = LLM_SHAPES[args.llm]
+        model = build_model(llm_layers=args.llm_layers or shape["num_hidden_layers"], text_config=shape)
         llm_mb = sum(p.numel() * p.element_size() for n, p in model.named_parameters() if "language_model" in n or "lm_head" in n) / 2**20
         model.save_pretrained(directory)
         del model
@@ -130,7 +135,7 @@ def main() -> None:
                        "--answer-tokens", str(args.answer_tokens)] + (["--threads", str(args.threads)] if args.threads else [])  # fmt: skip
             output = subprocess.run(command, capture_output=True, text=True, check=True)
             results[kind] = json.loads(output.stdout.strip().splitlines()[-1])
-    print(f"{args.clips} clips of 2-6 s in one batch; LLM weights {llm_mb:.0f} MB (fp32), answer {args.answer_tokens} tokens")
+    print(f"{args.clips} clips of 2-6 s in one batch; LLM {args.llm} weights {llm_mb:.0f} MB (fp32), answer {args.answer_tokens} tokens")
     print(f"{'path':<12}{'clips/s':>10}{'batch s':>10}{'load s':>9}{'load peak MB':>14}{'peak RSS MB':>13}")
     for kind, result in results.items():
         print(

@@ -21,7 +21,7 @@ from trainers.training.train_emotion import EmotionAlignmentArguments, train_emo
 
 from conftest import noise
 from fresh_process import run_isolated
-from tiny_models import tiny_model
+from tiny_models import tiny_model, voice_like
 
 EMOTIONS = ["neutral", "happy", "angry", "sad", "surprise"]
 
@@ -199,7 +199,7 @@ def test_fine_tuning_on_a_new_label_set_end_to_end(records, saved_checkpoint, tm
     from transformers import pipeline
 
     result = pipeline("audio-to-text", model=str(tmp_path / "tuned"), trust_remote_code=True)(
-        noise(16000), sampling_rate=16000, return_emotion=True, max_new_tokens=2
+        voice_like(1), sampling_rate=16000, return_emotion=True, max_new_tokens=2
     )[0]
     assert set(result["scores"]) == set(new_labels)
     assert (tmp_path / "small" / "trained_weights.safetensors").is_file()

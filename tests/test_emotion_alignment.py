@@ -128,6 +128,12 @@ def test_loss_is_response_cross_entropy_plus_weighted_emotion_loss(processor, re
     torch.testing.assert_close(loss, reference.lm_loss + 0.5 * reference.emotion_loss, rtol=1e-5, atol=1e-6)
 
 
+def test_training_resets_a_fitted_emotion_temperature(processor, records, tmp_path, caplog):
+    model = tiny_model(emotion_temperature=2.5)
+    trainer_for(model, records, processor, tmp_path)
+    assert model.config.emotion_temperature == 1.0 and "blsp-emo calibrate" in caplog.text
+
+
 def test_training_logs_each_loss_and_eval_accuracy(processor, records, tmp_path):
     model = prepare_for_emotion_alignment(tiny_model(), LoraSettings(scope="audio", rank=4))
     trainer = trainer_for(model, records, processor, tmp_path, eval_strategy="steps", eval_steps=2)

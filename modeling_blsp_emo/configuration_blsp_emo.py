@@ -1,5 +1,6 @@
 """Configuration of a BLSP-Emo model: Whisper encoder, modality adapter, causal LM, emotion head."""
 
+import math
 from typing import Literal
 
 from transformers import AutoConfig, PreTrainedConfig
@@ -37,6 +38,9 @@ class BlspEmoConfig(PreTrainedConfig):
             LoRA (e.g. `["q_proj", "v_proj"]`); `None` means every linear layer of every block.
         lm_head_bias (`bool`): whether the LLM's output projection has a bias (most have none).
         id2label / label2id: the emotion classes of the emotion head.
+        emotion_temperature (`float`, defaults to 1.0): the emotion head's scores are
+            `softmax(logits / emotion_temperature)`; fitted on labelled clips so that the scores are
+            calibrated (`blsp-emo calibrate`). Logits are never scaled, so labels do not change.
     """
 
     model_type = "blsp_emo"
@@ -58,6 +62,7 @@ class BlspEmoConfig(PreTrainedConfig):
     lora_dropout: float = 0.05
     lora_target_modules: list[str] | None = None
     lm_head_bias: bool = False
+    emotion_temperature: float = 1.0
     tie_word_embeddings: bool | None = None
     blsp_emo_version: str = __version__
 
@@ -80,6 +85,8 @@ class BlspEmoConfig(PreTrainedConfig):
             raise ValueError(f"lora_scope={self.lora_scope!r}: expected 'audio', 'global' or None")
         if not self.kernel_sizes or any(size < 1 or size % 2 == 0 for size in self.kernel_sizes):
             raise ValueError(f"conv_kernel_sizes={self.conv_kernel_sizes!r}: expected odd positive integers")
+        if not math.isfinite(self.emotion_temperature) or self.emotion_temperature <= 0:
+            raise ValueError(f"emotion_temperature={self.emotion_temperature!r}: expected a finite number above 0")
 
     @property
     def kernel_sizes(self) -> tuple[int, ...]:

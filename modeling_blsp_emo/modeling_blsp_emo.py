@@ -96,6 +96,12 @@ class BlspEmoPreTrainedModel(PreTrainedModel):
         """The auto classes (and the classes they load) that checkpoints saved from this class declare."""
         return {}
 
+    def emotion_probabilities(self, emotion_logits: torch.Tensor) -> torch.Tensor:
+        """The emotion head's scores `(items, labels)`, float32: `softmax(logits / config.emotion_temperature)`.
+        The temperature (1.0 until fitted by `blsp-emo calibrate`) calibrates the scores; the argmax,
+        and so the label, is the same as the raw logits'."""
+        return (emotion_logits.float() / self.config.emotion_temperature).softmax(-1)
+
     def save_pretrained(self, save_directory, *args, **kwargs):
         """Save as usual, declaring this checkpoint's auto classes and pipelines in its config and
         copying the pipelines' code beside the model's (`custom_object_save`)."""
@@ -382,8 +388,9 @@ class BlspEmoForConditionalGeneration(BlspEmoPreTrainedModel, GenerationMixin):
     def classify_emotion(
         self, audio_embeds: torch.Tensor, audio_lengths: torch.Tensor, audio_item_index: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Emotion logits `(items, labels)` from the pooled speech embeddings; raises
-        `NonFiniteOutputError` when they hold NaN or inf (corrupt weights, overflow)."""
+        """Raw emotion logits `(items, labels)` from the pooled speech embeddings (`emotion_probabilities`
+        makes calibrated scores of them); raises `NonFiniteOutputError` when they hold NaN or inf
+        (corrupt weights, overflow)."""
         logits = self.emotion_head(pool_speech_embeddings(audio_embeds, audio_lengths, audio_item_index))
         return check_finite(logits, "emotion head logits")
 
@@ -542,8 +549,12 @@ class BlspEmoForAudioClassification(BlspEmoPreTrainedModel):
 
     ```python
     model = AutoModelForAudioClassification.from_pretrained(path, trust_remote_code=True)
-    model(**processor.audio_features([clip])).logits  # (items, labels); config.id2label names them
+    logits = model(**processor.audio_features([clip])).logits  # (items, labels); config.id2label names them
+    model.emotion_probabilities(logits)  # calibrated scores (config.emotion_temperature)
     ```
+
+    `logits` are the head's raw logits, as for any transformers classifier; the temperature is
+    applied only where they become scores.
     """
 
     main_input_name = "input_features"

@@ -22,13 +22,14 @@ class AudioClassificationPipeline(BlspEmoPipeline):
     The task is declared in the checkpoint's own config (`custom_pipelines`), never registered
     globally, so transformers' own `audio-classification` stays in place for other models. Inputs
     as for the `audio-to-text` pipeline; clips longer than 30 s are classified over all their
-    windows. `top_k` (default 5; None = all labels), `errors` ("raise" or "return": an unusable
-    input's result is then `[{"label": None, "score": None, "error": message}]`).
+    windows. Scores are the emotion head's calibrated probabilities (`softmax(logits / T)`, T the
+    config's `emotion_temperature`). `top_k` (default 5; None = all labels), `errors` ("raise" or
+    "return": an unusable input's result is then `[{"label": None, "score": None, "error": message}]`).
 
-    With `detect_speech=True`, input without speech (silence, noise, tones, music: a cheap
-    pitch-and-energy check, `speech_activity.has_speech`) is not classified: its result is
-    `[{"label": None, "score": None, "no_speech": True}]`. Default `DETECT_SPEECH` (off): every input is
-    classified.
+    Input without speech (silence, noise, tones, music: a cheap pitch-and-energy check,
+    `speech_activity.has_speech`) is not classified: its result is
+    `[{"label": None, "score": None, "no_speech": True}]`. `detect_speech=False` turns the check off
+    (default `DETECT_SPEECH`, on): every input is then classified.
     """
 
     _load_processor = True
@@ -70,7 +71,7 @@ class AudioClassificationPipeline(BlspEmoPipeline):
         outputs = {"skipped": batch["skipped"]}
         if "model_inputs" in batch:
             # The model raises on NaN/inf logits (corrupt weights), so no label comes from them.
-            outputs["probs"] = self.model(**batch["model_inputs"]).logits.float().softmax(-1)
+            outputs["probs"] = self.model.emotion_probabilities(self.model(**batch["model_inputs"]).logits)
         return outputs
 
     def postprocess(self, model_outputs: dict, top_k: int | None = DEFAULT_TOP_K) -> list[list[dict]]:

@@ -23,9 +23,9 @@ from .speech_lengths import MIN_SAMPLES
 # `errors=`: "raise" (default, as transformers) stops at the first unusable item; "return" puts
 # {"error": message} in that item's result and goes on with the others.
 ERROR_MODES = ("raise", "return")
-# `detect_speech=`: off by default for now, since the tests' stand-in clips (noise, a steady tone) are not
-# speech; True gives items without speech the result `no_speech` instead of a model answer.
-DETECT_SPEECH = False
+# `detect_speech=`: on by default, so that noise, silence and music get the result `no_speech` instead of
+# an invented answer; `detect_speech=False` runs the model on every item.
+DETECT_SPEECH = True
 
 
 class IndexedInput(NamedTuple):

@@ -23,20 +23,22 @@ class AudioToTextPipeline(BlspEmoPipeline):
     pipe(array, sampling_rate=44100, return_emotion=True)  # adds "emotion", "scores", "ser_answer"
     for result in pipe(KeyDataset(dataset, "audio"), batch_size=8): ...  # streams, like any pipeline
     pipe(["a.wav", "missing.wav"], errors="return")   # [[{...}], [{"generated_text": None, "error": "..."}]]
-    pipe("noise.wav", return_emotion=True, detect_speech=True)  # [{"generated_text": None, "emotion": None, ..., "no_speech": True}]
+    pipe("noise.wav", return_emotion=True)  # [{"generated_text": None, "emotion": None, ..., "no_speech": True}]
+    pipe("noise.wav", detect_speech=False)  # answered as if it were speech
     ```
 
     Inputs: anything the processor's audio loader accepts (paths, bytes, arrays with
     `sampling_rate`, `datasets` audio values), a list, a generator or a dataset of them. Parameters:
     `prompt` (text said before the speech in the user turn), `system_prompt`, `empathetic` (use the
-    empathetic system prompt), `return_emotion` (emotion head label and scores, plus the model's own
-    answer to the speech-emotion query), `max_new_tokens`, `generate_kwargs`, `errors` ("raise": an
-    unusable input stops the call with an error naming its index and source, as transformers does;
-    "return": its result is `[{"generated_text": None, "error": message}]` and the others go on),
-    `detect_speech` (True: input without speech, such as silence, noise, tones or music, found by a
-    cheap pitch-and-energy check, `speech_activity.has_speech`, is not answered; its result is
-    `[{"generated_text": None, "no_speech": True}]`, with `emotion`, `scores` and `ser_answer` None
-    when `return_emotion`. Default `DETECT_SPEECH`, off: everything is answered as speech).
+    empathetic system prompt), `return_emotion` (emotion head label and scores, calibrated by the
+    config's `emotion_temperature`, plus the model's own answer to the speech-emotion query),
+    `max_new_tokens`, `generate_kwargs`, `errors` ("raise": an unusable input stops the call with an
+    error naming its index and source, as transformers does; "return": its result is
+    `[{"generated_text": None, "error": message}]` and the others go on),
+    `detect_speech` (default `DETECT_SPEECH`, on: input without speech, such as silence, noise, tones
+    or music, found by a cheap pitch-and-energy check, `speech_activity.has_speech`, is not answered;
+    its result is `[{"generated_text": None, "no_speech": True}]`, with `emotion`, `scores` and
+    `ser_answer` None when `return_emotion`. False: everything is answered as speech).
 
     Replies are greedy with a guard against loops (`REPLY_GENERATION_DEFAULTS`: repetition penalty
     1.1 and no repeated 4-gram, both over the reply's own tokens); override them in `generate_kwargs`
@@ -136,7 +138,7 @@ class AudioToTextPipeline(BlspEmoPipeline):
                 model_inputs["input_features"], model_inputs["feature_attention_mask"]
             )
             logits = self.model.classify_emotion(embeds, lengths, model_inputs["audio_item_index"])
-            outputs["emotion_probs"] = logits.float().softmax(-1)
+            outputs["emotion_probs"] = self.model.emotion_probabilities(logits)
         return outputs
 
     def postprocess(self, model_outputs: dict, return_emotion: bool = False) -> list[list[dict]]:

@@ -17,7 +17,7 @@ from modeling_blsp_emo.numerics import NonFiniteOutputError
 from trainers.evaluation.metrics import SER_METRICS_PATH
 
 from fresh_process import run_isolated
-from tiny_models import AUDIO_CONFIG, TEXT_CONFIGS, random_clip, tiny_feature_extractor, tiny_model, tiny_tokenizer
+from tiny_models import AUDIO_CONFIG, TEXT_CONFIGS, tiny_feature_extractor, tiny_model, tiny_tokenizer, voice_like
 
 CLIP_SECONDS = [0.7, 1.2, 1.9, 2.6, 3.1, 4.4]
 
@@ -45,7 +45,7 @@ def checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def clips():
-    return [random_clip(int(seconds * 16000), seed) for seed, seconds in enumerate(CLIP_SECONDS)]
+    return [voice_like(seconds, seed) for seed, seconds in enumerate(CLIP_SECONDS)]
 
 
 def audio_dataset(clips) -> datasets.Dataset:

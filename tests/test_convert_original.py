@@ -28,7 +28,7 @@ from trainers.cli.main import main
 
 from conftest import noise
 from fresh_process import run_isolated
-from tiny_models import AUDIO_CONFIG
+from tiny_models import AUDIO_CONFIG, voice_like
 
 # Qwen v1's pre-tokenizer pattern (every digit on its own) and its special-token order.
 QWEN_PATTERN = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
@@ -408,7 +408,7 @@ def test_speech_embeddings_and_emotion_match_the_release_path(release):
 
 def test_converted_checkpoint_runs_in_the_pipeline_in_a_fresh_process(release, tmp_path):
     directory = release[2]
-    np.save(tmp_path / "clip.npy", noise(20000, 1))
+    np.save(tmp_path / "clip.npy", voice_like(1.25, 1))
     result = run_isolated(
         f"""
 import json, numpy as np, transformers

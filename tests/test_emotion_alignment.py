@@ -21,7 +21,7 @@ from trainers.training.train_emotion import EmotionAlignmentArguments, train_emo
 
 from conftest import noise
 from fresh_process import run_isolated
-from tiny_models import tiny_model
+from tiny_models import tiny_model, voice_like
 
 EMOTIONS = ["neutral", "happy", "angry", "sad", "surprise"]
 
@@ -128,6 +128,12 @@ def test_loss_is_response_cross_entropy_plus_weighted_emotion_loss(processor, re
     torch.testing.assert_close(loss, reference.lm_loss + 0.5 * reference.emotion_loss, rtol=1e-5, atol=1e-6)
 
 
+def test_training_resets_a_fitted_emotion_temperature(processor, records, tmp_path, caplog):
+    model = tiny_model(emotion_temperature=2.5)
+    trainer_for(model, records, processor, tmp_path)
+    assert model.config.emotion_temperature == 1.0 and "blsp-emo calibrate" in caplog.text
+
+
 def test_training_logs_each_loss_and_eval_accuracy(processor, records, tmp_path):
     model = prepare_for_emotion_alignment(tiny_model(), LoraSettings(scope="audio", rank=4))
     trainer = trainer_for(model, records, processor, tmp_path, eval_strategy="steps", eval_steps=2)
@@ -199,7 +205,7 @@ def test_fine_tuning_on_a_new_label_set_end_to_end(records, saved_checkpoint, tm
     from transformers import pipeline
 
     result = pipeline("audio-to-text", model=str(tmp_path / "tuned"), trust_remote_code=True)(
-        noise(16000), sampling_rate=16000, return_emotion=True, max_new_tokens=2
+        voice_like(1), sampling_rate=16000, return_emotion=True, max_new_tokens=2
     )[0]
     assert set(result["scores"]) == set(new_labels)
     assert (tmp_path / "small" / "trained_weights.safetensors").is_file()

@@ -8,7 +8,7 @@ from trainers.evaluation.retrieval import retrieval_predictions
 from trainers.evaluation.ser import cascade_predictions, parse_emotion, predict_emotions, ser_metrics
 
 from conftest import noise
-from tiny_models import tiny_model
+from tiny_models import tiny_model, voice_like
 
 LABELS = ["neutral", "happy", "angry", "sad", "surprise"]
 
@@ -110,7 +110,7 @@ def test_empathy_evaluation_with_a_scripted_judge(processor):
     assert summary["all"] == {"count": 2, "quality": 6.0, "quality_unscored": 1, "empathy": 9.0, "empathy_unscored": 1}
 
 
-def test_evaluate_ser_command_writes_predictions_metrics_and_plots(saved_checkpoint, tmp_path):
+def test_evaluate_ser_command_writes_predictions_metrics_and_plots(saved_checkpoint, tmp_path, capsys):
     import json
 
     import soundfile
@@ -119,13 +119,15 @@ def test_evaluate_ser_command_writes_predictions_metrics_and_plots(saved_checkpo
 
     rows = []
     for index, emotion in enumerate(["sad", "ang", "hap"]):
-        soundfile.write(tmp_path / f"{index}.wav", noise(12000, index), 16000)
+        soundfile.write(tmp_path / f"{index}.wav", voice_like(0.75, index), 16000)
         rows.append({"audio": f"{index}.wav", "emotion": emotion})
     (tmp_path / "test.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     assert main(["evaluate-ser", "--model", str(saved_checkpoint), "--data", str(tmp_path / "test.jsonl"),
                  "--output", str(tmp_path / "out"), "--batch-size", "2"]) == 0
+    assert "ECE" in capsys.readouterr().out
     summary = json.loads((tmp_path / "out" / "ser_metrics.json").read_text())
     assert summary["num_examples"] == 3 and 0 <= summary["metrics"]["accuracy"] <= 1
+    assert summary["metrics"]["no_speech"] == 0 and 0 <= summary["metrics"]["ece"] <= 1
     predictions = [json.loads(line) for line in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()]
     assert [p["emotion"] for p in predictions] == ["sad", "angry", "happy"]
     assert (tmp_path / "out" / "confusion_head.png").is_file()

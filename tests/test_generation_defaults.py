@@ -10,10 +10,10 @@ from modeling_blsp_emo.reply_generation import NonFiniteLogitsCheck, reply_logit
 from trainers.evaluation.replies import repeats_ngram
 from trainers.inference.chat import BlspEmoChat
 
-from tiny_models import AUDIO_TOKEN_ID, random_clip, tiny_feature_extractor, tiny_model, tiny_tokenizer
+from tiny_models import AUDIO_TOKEN_ID, tiny_feature_extractor, tiny_model, tiny_tokenizer, voice_like
 
 PLAIN_GREEDY = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0}
-CLIPS = [random_clip(16000 + 3000 * index, index) for index in range(4)]
+CLIPS = [voice_like(1 + 0.1875 * index, index) for index in range(4)]
 
 
 @pytest.fixture(scope="module")

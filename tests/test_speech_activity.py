@@ -1,5 +1,6 @@
 """Input without speech (silence, noise, tones, music) is said to be so, not given an emotion."""
 
+import json
 import shutil
 import subprocess
 
@@ -122,28 +123,39 @@ def audio_to_text(saved_checkpoint):
     return pipeline("audio-to-text", model=str(saved_checkpoint), trust_remote_code=True)
 
 
-def test_audio_to_text_pipeline_answers_no_speech_without_running_the_model(audio_to_text):
-    results = audio_to_text([voice_like(), noise(24000)], sampling_rate=SR, detect_speech=True, max_new_tokens=3)
+# What the pipelines are given by default (no `detect_speech` argument): silence, noise and a music-like tone.
+NO_SPEECH_INPUTS = {
+    "silence": lambda: np.zeros(SR, dtype=np.float32),
+    "noise": lambda: noise(24000),
+    "melody": lambda: at_dbfs(melody([220, 330, 262, 392]), -20),
+}
+
+
+@pytest.mark.parametrize("name", NO_SPEECH_INPUTS)
+def test_audio_to_text_pipeline_answers_no_speech_by_default(audio_to_text, name):
+    results = audio_to_text([voice_like(), NO_SPEECH_INPUTS[name]()], sampling_rate=SR, max_new_tokens=3)
     assert isinstance(results[0][0]["generated_text"], str) and "no_speech" not in results[0][0]
     assert results[1] == [{"generated_text": None, "no_speech": True}]
 
 
 def test_audio_to_text_emotion_mode_withholds_the_emotion(audio_to_text):
-    result = audio_to_text(np.zeros(SR, dtype=np.float32), sampling_rate=SR, detect_speech=True, return_emotion=True, max_new_tokens=3)
+    result = audio_to_text(noise(24000), sampling_rate=SR, return_emotion=True, max_new_tokens=3)
     assert result == [{"generated_text": None, "emotion": None, "scores": None, "ser_answer": None, "no_speech": True}]
+    spoken = audio_to_text(voice_like(), sampling_rate=SR, return_emotion=True, max_new_tokens=3)[0]
+    assert spoken["emotion"] in spoken["scores"] and isinstance(spoken["generated_text"], str)
 
 
-def test_audio_to_text_without_detection_answers_noise_as_speech(audio_to_text):
+def test_audio_to_text_with_detect_speech_false_answers_noise_as_speech(audio_to_text):
     result = audio_to_text(noise(24000), sampling_rate=SR, detect_speech=False, return_emotion=True, max_new_tokens=3)
     assert result[0]["emotion"] is not None and "no_speech" not in result[0]
 
 
-def test_audio_classification_pipeline_gives_no_label_to_noise(saved_checkpoint):
+@pytest.mark.parametrize("name", NO_SPEECH_INPUTS)
+def test_audio_classification_pipeline_gives_no_label_without_speech_by_default(saved_checkpoint, name):
     classify = pipeline("audio-classification", model=str(saved_checkpoint), trust_remote_code=True)
-    tone = at_dbfs(np.sin(2 * np.pi * 440 * seconds(2)), -20)
-    speech, tone = classify([voice_like(), tone], sampling_rate=SR, detect_speech=True, top_k=2)
+    speech, other = classify([voice_like(), NO_SPEECH_INPUTS[name]()], sampling_rate=SR, top_k=2)
     assert [item["label"] is not None for item in speech] == [True, True]
-    assert tone == [{"label": None, "score": None, "no_speech": True}]
+    assert other == [{"label": None, "score": None, "no_speech": True}]
     assert classify(noise(24000), sampling_rate=SR, detect_speech=False, top_k=1)[0]["label"] is not None
 
 
@@ -166,7 +178,9 @@ def test_ser_predictions_mark_clips_without_speech_and_count_them(model, process
     clips = [{"array": voice_like(), "sampling_rate": SR}, {"array": noise(24000), "sampling_rate": SR}]
     predictions = predict_emotions(model, processor, clips, max_new_tokens=3, detect_speech=True)
     assert predictions[0]["head"] is not None and "no_speech" not in predictions[0]
-    assert predictions[1] == {"answer": None, "parsed": None, "head": None, "head_scores": None, "no_speech": True}
+    assert predictions[1] == {
+        "answer": None, "parsed": None, "head": None, "head_scores": None, "head_logits": None, "no_speech": True
+    }
 
     labels = model.config.emotion_labels
     for index, clip in enumerate((voice_like(seed=1), noise(24000), np.zeros(SR, dtype=np.float32))):
@@ -175,3 +189,19 @@ def test_ser_predictions_mark_clips_without_speech_and_count_them(model, process
     metrics = evaluate_ser(model, processor, rows, tmp_path / "out", batch_size=2, detect_speech=True)
     assert metrics["head"]["no_speech"] == metrics["generative"]["no_speech"] == 2
     assert (tmp_path / "out" / "predictions.jsonl").read_text().count('"no_speech": true') == 2
+
+
+def test_evaluate_ser_command_checks_for_speech_unless_told_not_to(saved_checkpoint, tmp_path, capsys):
+    from trainers.cli.main import main
+
+    for index, clip in enumerate((voice_like(), noise(24000), np.zeros(SR, dtype=np.float32))):
+        soundfile.write(tmp_path / f"{index}.wav", clip, SR)
+    (tmp_path / "test.jsonl").write_text("".join(f'{{"audio": "{index}.wav", "emotion": "sad"}}\n' for index in range(3)))
+    command = ["evaluate-ser", "--model", str(saved_checkpoint), "--data", str(tmp_path / "test.jsonl"), "--batch-size", "3"]
+    assert main([*command, "--output", str(tmp_path / "checked")]) == 0
+    assert "no speech heard in 2 of 3 clips" in capsys.readouterr().out
+    metrics = json.loads((tmp_path / "checked" / "ser_metrics.json").read_text())["metrics"]
+    assert metrics["no_speech"] == 2 and metrics["unanswered"] == 2
+    assert main([*command, "--output", str(tmp_path / "unchecked"), "--no-detect-speech"]) == 0
+    metrics = json.loads((tmp_path / "unchecked" / "ser_metrics.json").read_text())["metrics"]
+    assert metrics["no_speech"] == 0 and metrics["unanswered"] == 0

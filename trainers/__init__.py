@@ -17,6 +17,7 @@ _PUBLIC_NAMES = {
     "train_emotion": "trainers.training",
     "evaluate_ser": "trainers.evaluation",
     "evaluate_empathy": "trainers.evaluation",
+    "calibrate_checkpoint": "trainers.evaluation",
     "build_blsp_emo": "trainers.checkpoints",
     "save_checkpoint": "trainers.checkpoints",
     "load_blsp_emo": "trainers.checkpoints",

@@ -31,6 +31,19 @@ def write_checksums(folder: str | Path, files: Iterable[Path]) -> Path:
     return target
 
 
+def refresh_checksums(folder: str | Path, names: Iterable[str]) -> bool:
+    """Re-record the SHA-256 of the files `names` (relative to `folder`) after a deliberate change,
+    when `folder` has a `checksums.json`; returns whether it had one."""
+    folder = Path(folder)
+    record = folder / CHECKSUMS_NAME
+    if not record.is_file():
+        return False
+    sums = json.loads(record.read_text(encoding="utf-8"))
+    sums["files"].update({name: file_sha256(folder / name) for name in names})
+    record.write_text(json.dumps(sums, indent=2) + "\n", encoding="utf-8")
+    return True
+
+
 def verify_checksums(folder: str | Path) -> list[str]:
     """Check every file listed in `folder/checksums.json`; returns the names checked. A
     `UserInputError` names the first file that is missing or whose bytes changed, and how many did."""

@@ -1,4 +1,5 @@
-"""`blsp-emo evaluate-ser` and `evaluate-empathy`: measuring a trained model."""
+"""`blsp-emo evaluate-ser`, `calibrate` and `evaluate-empathy`: measuring a trained model, and
+calibrating its emotion head's scores."""
 
 import argparse
 import json
@@ -7,21 +8,38 @@ from pathlib import Path
 from trainers.cli.data import add_audio_check_options
 
 
+def add_labelled_data_options(command, split: str) -> None:
+    """Where the labelled clips come from and how their labels map onto the model's."""
+    command.add_argument("--split", default=split)
+    command.add_argument("--audio-column", default="audio")
+    command.add_argument("--emotion-column", default="emotion")
+    command.add_argument("--label-map", nargs="*", default=[], metavar="RAW=LABEL")
+    command.add_argument("--drop-unmapped", action="store_true")
+    add_audio_check_options(command)
+    command.add_argument("--batch-size", type=int, default=8)
+
+
 def add_commands(commands) -> None:
     ser = commands.add_parser("evaluate-ser", help="speech emotion recognition: SER-query answers, emotion head, retrieval")
     ser.add_argument("--model", required=True, help="BLSP-Emo checkpoint")
     ser.add_argument("--data", required=True, help="JSONL manifest or dataset with audio and emotion columns")
     ser.add_argument("--output", required=True, help="folder for predictions.jsonl, ser_metrics.json and plots")
-    ser.add_argument("--split", default="test")
-    ser.add_argument("--audio-column", default="audio")
-    ser.add_argument("--emotion-column", default="emotion")
-    ser.add_argument("--label-map", nargs="*", default=[], metavar="RAW=LABEL")
-    ser.add_argument("--drop-unmapped", action="store_true")
     ser.add_argument("--targets", help="emotion targets of the same sentences (generate-targets --emotion) for retrieval")
-    add_audio_check_options(ser)
-    ser.add_argument("--batch-size", type=int, default=8)
+    add_labelled_data_options(ser, split="test")
     ser.add_argument("--dtype")
+    ser.add_argument("--no-detect-speech", dest="detect_speech", action="store_false",
+                     help="label every clip, even those in which no speech is heard (by default they get no label)")
     ser.set_defaults(handler=run_evaluate_ser)
+
+    calibrate = commands.add_parser(
+        "calibrate", help="fit the emotion head's temperature on labelled clips and store it in the checkpoint's config"
+    )
+    calibrate.add_argument("--model", required=True, help="local BLSP-Emo checkpoint folder")
+    calibrate.add_argument("--manifest", required=True,
+                           help="JSONL manifest or dataset of labelled clips not used in training (a validation split)")
+    calibrate.add_argument("--output", help="write a calibrated copy of the checkpoint here instead of changing it")
+    add_labelled_data_options(calibrate, split="validation")
+    calibrate.set_defaults(handler=run_calibrate)
 
     empathy = commands.add_parser("evaluate-empathy", help="score spoken-instruction replies for quality and empathy")
     empathy.add_argument("--model", required=True)
@@ -32,28 +50,38 @@ def add_commands(commands) -> None:
     empathy.set_defaults(handler=run_evaluate_empathy)
 
 
-def run_evaluate_ser(args: argparse.Namespace) -> int:
+def load_labelled_rows(args: argparse.Namespace, data: str, with_text: bool = False) -> list[dict]:
+    """The rows (`audio`, `emotion`, and `text` when `with_text`) of `data`, their labels mapped onto
+    those of the checkpoint `args.model` (whose config is read, not its weights)."""
     from processing.emotion_labels import LabelMapper, parse_label_map
-    from processing.errors import output_folder
     from processing.manifests import load_speech_dataset
-    from trainers.checkpoints.loading import load_blsp_emo, load_blsp_emo_config
-    from trainers.evaluation import evaluate_ser, retrieval_targets
+    from trainers.checkpoints.loading import load_blsp_emo_config
 
-    # The cheap checks first: a bad manifest should not wait for the model to load.
     labels = LabelMapper(load_blsp_emo_config(args.model).emotion_labels, parse_label_map(args.label_map), args.drop_unmapped)
-    output_folder(args.output)
     dataset = load_speech_dataset(
-        args.data, audio_column=args.audio_column, text_column="text" if args.targets else None,
+        data, audio_column=args.audio_column, text_column="text" if with_text else None,
         extra_columns=[args.emotion_column], split=args.split, check_audio=args.check_audio,
         skip_bad_audio=args.skip_bad_audio, labels=labels, emotion_column=args.emotion_column,
     )
     if args.emotion_column != "emotion":
         dataset = dataset.rename_column(args.emotion_column, "emotion")
-    rows = list(dataset)
+    return list(dataset)
+
+
+def run_evaluate_ser(args: argparse.Namespace) -> int:
+    from processing.errors import output_folder
+    from trainers.checkpoints.loading import load_blsp_emo
+    from trainers.evaluation import evaluate_ser, retrieval_targets
+
+    # The cheap checks first: a bad manifest should not wait for the model to load.
+    output_folder(args.output)
+    rows = load_labelled_rows(args, args.data, with_text=bool(args.targets))
     targets = retrieval_targets(args.targets) if args.targets else None
     model, processor = load_blsp_emo(args.model, args.dtype)
     model.eval()
-    metrics = evaluate_ser(model, processor, rows, args.output, targets=targets, batch_size=args.batch_size)
+    metrics = evaluate_ser(
+        model, processor, rows, args.output, targets=targets, batch_size=args.batch_size, detect_speech=args.detect_speech
+    )
     unreadable = metrics["head"]["unreadable"]
     summary = {"dataset": str(args.data), "split": args.split, "num_examples": len(rows) - unreadable,
                "unreadable": unreadable, "method": "emotion head", "metrics": metrics["head"], "all": metrics}
@@ -61,9 +89,23 @@ def run_evaluate_ser(args: argparse.Namespace) -> int:
     for kind, values in metrics.items():
         extra = f"  UA {values['unweighted_accuracy']:.1%}" if "unweighted_accuracy" in values else ""
         extra += f"  normalized per sentence {values['normalized_accuracy']:.1%}" if "normalized_accuracy" in values else ""
+        extra += f"  ECE {values['ece']:.3f}" if values.get("ece") is not None else ""
         print(f"{kind:>10}: accuracy {values['accuracy']:.1%}{extra}")
     if unreadable:
         print(f"skipped {unreadable} of {len(rows)} clips that could not be loaded (see 'error' in predictions.jsonl)")
+    if metrics["head"]["no_speech"]:
+        print(f"no speech heard in {metrics['head']['no_speech']} of {len(rows)} clips: no label given (--no-detect-speech labels them)")
+    return 0
+
+
+def run_calibrate(args: argparse.Namespace) -> int:
+    from trainers.evaluation import calibrate_checkpoint
+
+    rows = load_labelled_rows(args, args.manifest)
+    result = calibrate_checkpoint(args.model, rows, args.batch_size, output=args.output)
+    print(f"emotion head temperature {result['temperature']:.3f}, fitted on {result['clips']} clips")
+    print(f"expected calibration error on them: {result['ece_before']:.3f} before, {result['ece_after']:.3f} after")
+    print(f"written to {args.output or args.model}/config.json (emotion_temperature)")
     return 0
 
 

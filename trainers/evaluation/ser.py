@@ -21,6 +21,7 @@ from modeling_blsp_emo.speech_lengths import SAMPLING_RATE
 from processing.errors import output_folder
 from processing.manifests import write_jsonl
 from processing.target_generation import continue_texts
+from trainers.evaluation.calibration import expected_calibration_error
 from trainers.evaluation.metrics import SER_METRICS_PATH
 from trainers.evaluation.plots import plot_confusion
 from trainers.evaluation.retrieval import target_retrieval
@@ -69,17 +70,20 @@ def predict_emotions(
     max_new_tokens: int = 24,
     errors: str = "raise",
     detect_speech: bool = False,
+    answers: bool = True,
 ) -> list[dict]:
-    """Per clip: the model's answer to the SER query, the label parsed from it (or None), and the
-    emotion head's label and scores. A clip that cannot be loaded raises `AudioInputError`, or with
-    `errors="return"` gets `{"error": message}` instead while the others are still predicted. With
-    `detect_speech`, a clip without speech (`speech_activity.has_speech`) is not run: its answer,
-    labels and scores are None and it has `"no_speech": True`.
+    """Per clip: the model's answer to the SER query, the label parsed from it (or None), the
+    emotion head's label, its scores (calibrated: `model.emotion_probabilities`) and its raw logits
+    (`head_logits`, a list in label order). With `answers=False` only the encoder, adapter and head
+    run (no text is generated; `answer` and `parsed` are None). A clip that cannot be loaded raises
+    `AudioInputError`, or with `errors="return"` gets `{"error": message}` instead while the others
+    are still predicted. With `detect_speech`, a clip without speech (`speech_activity.has_speech`) is
+    not run: its answer, labels, scores and logits are None and it has `"no_speech": True`.
     NaN/inf in the raw logits or the head's logits raise `NonFiniteOutputError` (corrupt weights)."""
     if errors not in ("raise", "return"):
         raise ValueError(f"errors={errors!r}: expected 'raise' or 'return'")
     labels = model.config.emotion_labels
-    query = ser_instruction(labels)
+    query = ser_instruction(labels) if answers else None
     results: list[dict] = []
     for start in tqdm(range(0, len(clips), batch_size), desc="SER", unit="batch"):
         loaded = {}
@@ -97,30 +101,40 @@ def predict_emotions(
         predictions = iter(_predict_batch(model, processor, batch, query, labels, max_new_tokens) if batch else ())
         results.extend(
             {"error": str(clip)} if isinstance(clip, AudioInputError)
-            else dict(answer=None, parsed=None, head=None, head_scores=None, no_speech=True) if clip is None
+            else dict(answer=None, parsed=None, head=None, head_scores=None, head_logits=None, no_speech=True) if clip is None
             else next(predictions)
             for clip in loaded.values()
         )  # fmt: skip
     return results
 
 
-def _predict_batch(model, processor, batch: list[np.ndarray], query: str, labels: Sequence[str], max_new_tokens: int) -> list[dict]:
-    inputs = processor.apply_chat_template([conversation(clip, query) for clip in batch]).to(model.device)
-    generated = model.generate(
-        **inputs, max_new_tokens=max_new_tokens, do_sample=False, output_logits=True, return_dict_in_generate=True
-    )
-    check_finite(torch.stack(generated.logits), "raw logits of the answers to the SER query")
-    answers = processor.batch_decode(generated.sequences[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
-    embeds, lengths = model.model.get_audio_features(inputs["input_features"], inputs["feature_attention_mask"])
-    logits = check_finite(model.classify_emotion(embeds, lengths, inputs["audio_item_index"]), "emotion head logits")
+def _predict_batch(
+    model, processor, batch: list[np.ndarray], query: str | None, labels: Sequence[str], max_new_tokens: int
+) -> list[dict]:
+    """The SER query's answers (when there is a `query`) and the emotion head's outputs for 16-kHz clips."""
+    if query is None:
+        inputs = {name: value.to(model.device) for name, value in processor.audio_features(batch).items()}
+        answers = [None] * len(batch)
+    else:
+        inputs = processor.apply_chat_template([conversation(clip, query) for clip in batch]).to(model.device)
+        generated = model.generate(
+            **inputs, max_new_tokens=max_new_tokens, do_sample=False, output_logits=True, return_dict_in_generate=True
+        )
+        check_finite(torch.stack(generated.logits), "raw logits of the answers to the SER query")
+        new_tokens = generated.sequences[:, inputs["input_ids"].shape[1] :]
+        answers = [answer.strip() for answer in processor.batch_decode(new_tokens, skip_special_tokens=True)]
+    features = inputs["input_features"].to(model.dtype)
+    embeds, lengths = model.model.get_audio_features(features, inputs["feature_attention_mask"])
+    logits = model.classify_emotion(embeds, lengths, inputs["audio_item_index"])  # raises on NaN/inf
     return [
         {
-            "answer": answer.strip(),
-            "parsed": parse_emotion(answer, labels),
+            "answer": answer,
+            "parsed": None if answer is None else parse_emotion(answer, labels),
             "head": labels[int(np.argmax(scores))],
             "head_scores": dict(zip(labels, scores)),
+            "head_logits": raw,
         }
-        for answer, scores in zip(answers, logits.float().softmax(-1).tolist())
+        for answer, scores, raw in zip(answers, model.emotion_probabilities(logits).tolist(), logits.float().tolist())
     ]
 
 
@@ -167,9 +181,12 @@ def evaluate_ser(
     """Evaluate SER on `rows` (`audio`, `emotion`; `text` too for retrieval) and write the evidence.
 
     Returns `{"generative": metrics, "head": metrics}` plus `"retrieval"` when emotion `targets`
-    ({(text, emotion): target}) are given. Clips that cannot be loaded do not end a long run: they
+    ({(text, emotion): target}) are given. The head's metrics include `ece`, the expected
+    calibration error of its scores (`calibration.expected_calibration_error`; None when no clip
+    got a score). Clips that cannot be loaded do not end a long run: they
     are logged, reported with their error in the predictions, left out of every metric and counted
-    in the head's and the generative metrics as `unreadable`. With `detect_speech`, clips without
+    in the head's and the generative metrics as `unreadable`. With `detect_speech` (off here, so that
+    a labelled speech corpus is measured whole; `blsp-emo evaluate-ser` turns it on), clips without
     speech get no label (`"no_speech": true` in their predictions), count as unanswered in every
     metric, and are counted as `no_speech`. Writes into `output` the predictions
     (each row's fields that are plain values, with its predictions) and a confusion-matrix plot per method:
@@ -192,6 +209,11 @@ def evaluate_ser(
         "generative": ser_metrics([predictions[i]["parsed"] for i in readable], truth, labels),
         "head": ser_metrics([predictions[i]["head"] for i in readable], truth, labels),
     }
+    scored = [i for i in readable if predictions[i]["head_scores"] is not None]
+    metrics["head"]["ece"] = expected_calibration_error(
+        [[predictions[i]["head_scores"][label] for label in labels] for i in scored],
+        [labels.index(rows[i]["emotion"]) for i in scored],
+    ) if scored else None
     retrieved = [None] * len(rows)
     if targets is not None:
         results, metrics["retrieval"] = target_retrieval(model, processor, [rows[i] for i in readable], targets)

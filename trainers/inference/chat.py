@@ -401,7 +401,7 @@ class BlspEmoChat:
         exchange.reply = tokenizer.decode(content_ids, **decode)
         emotion = scores = None
         if pending.num_new_clips and emotion_logits is not None and not pending.no_speech:
-            probs = emotion_logits[-1].float().softmax(-1).tolist()
+            probs = self.model.emotion_probabilities(emotion_logits[-1]).tolist()
             scores = dict(zip(self.model.config.emotion_labels, probs))
             emotion = max(scores, key=scores.get)
         audio = next((item["audio"] for item in exchange.user if item["type"] == "audio"), None)

@@ -1,5 +1,6 @@
 """What both training stages share: logging several losses, and checkpoints of trained weights only."""
 
+import logging
 import os
 from collections import defaultdict
 from collections.abc import Iterable
@@ -7,6 +8,8 @@ from collections.abc import Iterable
 import safetensors.torch
 import torch
 from transformers import Trainer
+
+logger = logging.getLogger(__name__)
 
 TRAINED_WEIGHTS_NAME = "trained_weights.safetensors"
 # 128 positions of a 152k vocabulary: ~80 MB per float32 logits tensor, and matrix products large enough
@@ -27,6 +30,18 @@ def set_trainable(model: torch.nn.Module, prefixes: Iterable[str]) -> list[str]:
     return trained
 
 
+def forget_emotion_calibration(model: torch.nn.Module) -> None:
+    """Set a fitted `emotion_temperature` back to 1.0 before training: it was fitted to the weights
+    as they were, and training changes the head or its inputs (fit it again with `blsp-emo calibrate`)."""
+    config = getattr(model, "config", None)
+    if getattr(config, "emotion_temperature", 1.0) != 1.0:
+        logger.warning(
+            "emotion_temperature %.3g was fitted to the weights before this training: reset to 1.0 "
+            "(run `blsp-emo calibrate` on the trained checkpoint)", config.emotion_temperature
+        )
+        config.emotion_temperature = 1.0
+
+
 class AlignmentTrainer(Trainer):
     """A `Trainer` that logs named metrics recorded in `compute_loss` (averaged over the logging
     interval) and whose checkpoints hold only the weights being trained (plus the config), not the
@@ -35,10 +50,12 @@ class AlignmentTrainer(Trainer):
     `logits_chunk_size` positions' LM-head logits exist at a time in the loss (`None`: all at once;
     the result is the same up to float rounding). `TrainingArguments(gradient_checkpointing=True)`
     recomputes the LLM and encoder blocks in the backward instead of keeping their activations.
+    A fitted emotion temperature is reset to 1.0 (`forget_emotion_calibration`).
     """
 
     def __init__(self, *args, eval_data_collator=None, logits_chunk_size: int | None = DEFAULT_LOGITS_CHUNK_SIZE, **kwargs):
         super().__init__(*args, **kwargs)
+        forget_emotion_calibration(self.model)
         self.eval_data_collator = eval_data_collator
         # Positions whose LM-head logits the loss computes at once (None: all); see training/losses.py.
         self.logits_chunk_size = logits_chunk_size

@@ -50,7 +50,12 @@ def test_demo_runs_end_to_end_and_resumes(pretrained_parts, voice_corpus, tmp_pa
     assert set(results["judged"]) == {"stage2", "stage2_guarded", "stage1_only"}
     assert results["judged"]["stage2"]["emotion"]["clips"] == 5
     assert results["judge_calibration"]["writer_targets_emotion"]["clips"] == 5  # the test sentence, each emotion
+    calibration = results["calibration"]
+    assert calibration["clips"] == 5 and calibration["held_out"]["clips"] == 5
+    final_config = json.loads((tmp_path / "demo" / "final" / "config.json").read_text())
+    assert final_config["emotion_temperature"] == pytest.approx(calibration["temperature"])
     report = (tmp_path / "demo" / "report.md").read_text()
+    assert "expected calibration error on the 5 held-out clips" in report
     assert "## What the models say, read by a judge" in report and "## Prosody, not level" in report
     assert "the LLM that wrote them" in report
     assert "## Speech emotion recognition on held-out clips" in report and "transformers_modules" in report

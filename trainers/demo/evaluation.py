@@ -110,6 +110,7 @@ def evaluate_demo(
         for index, row in enumerate(rows)
     ])
     results["stage1_kl"] = json.loads((root / "stage1_eval.json").read_text())
+    results["calibration"] = json.loads((root / "calibration.json").read_text())
     (root / "results.json").write_text(json.dumps(results, indent=2))
     return results
 

@@ -12,7 +12,7 @@ def percent(value) -> str:
     return "–" if value is None else f"{100 * value:.1f} %"
 
 
-def write_report(root: Path, *, encoder: str, llm: str) -> Path:
+def write_report(root: Path, *, encoder: str, llm: str, random_level: bool = False) -> Path:
     """Write `report.md` (and the training-curve plots) from what the demo's steps left in `root`."""
     results = json.loads((root / "results.json").read_text())
     for stage, names in CURVES.items():
@@ -26,7 +26,7 @@ def write_report(root: Path, *, encoder: str, llm: str) -> Path:
         f"{results['test_clips']} held-out test clips (sentences and voices unseen in training); chance = {percent(results['chance'])}.",
         "",
         *ser_section(results),
-        *reply_section(results),
+        *reply_section(results, random_level),
         *training_sections(results["stage1_kl"]),
         *examples_section(examples),
         *timings_section(timings),
@@ -82,7 +82,20 @@ REPLY_SETS = (
 )
 
 
-def reply_section(results: dict) -> list[str]:
+def calibration_lines(calibration: dict | None) -> list[str]:
+    """The emotion head's temperature and its calibration error on the held-out clips."""
+    if not calibration:
+        return []
+    held_out = calibration["held_out"]
+    return [
+        f"Emotion-head scores: temperature {calibration['temperature']:.2f}, fitted on {calibration['clips']} "
+        f"validation clips and stored in the checkpoint; expected calibration error on the "
+        f"{held_out['clips']} held-out clips {held_out['ece_before']:.3f} before, {held_out['ece_after']:.3f} after.",
+        "",
+    ]
+
+
+def reply_section(results: dict, random_level: bool) -> list[str]:
     """Head accuracy by level, sentence retrieval and the judged replies (when a judge ran)."""
     lines = [
         "## Prosody, not level",
@@ -97,10 +110,12 @@ def reply_section(results: dict) -> list[str]:
                          f"{percent(sentences['accuracy'])} (chance {percent(sentences['chance'])}) |")
     lines += [
         "",
-        "Stage 2 trains on every clip at a random peak level, so the head cannot use loudness; sentence "
-        "retrieval asks whether a clip makes the model prefer its own sentence's continuation over the other "
+        ("Stage 2 trains on every clip at a random peak level, so the head cannot use loudness; " if random_level else
+         "Stage 2 trains on the clips at their synthesized levels (`--random-level` was off), so the head may use loudness; ")
+        + "sentence retrieval asks whether a clip makes the model prefer its own sentence's continuation over the other "
         "test sentences' (each candidate's mean score over all clips subtracted).",
         "",
+        *calibration_lines(results.get("calibration")),
     ]
     judged = results.get("judged")
     if not judged:

@@ -34,6 +34,7 @@ from trainers.checkpoints import build_blsp_emo, load_blsp_emo, load_text_genera
 from trainers.checkpoints.bundled import resolve_model_spec
 from trainers.demo.evaluation import evaluate_demo, held_out_clips, pipeline_examples
 from trainers.demo.report import write_report
+from trainers.evaluation.head_calibration import calibrate_checkpoint
 from trainers.training.emotion_alignment import EmotionAlignmentTrainer, LoraSettings, finalize, prepare_for_emotion_alignment
 from trainers.training.semantic_alignment import SemanticAlignmentTrainer
 
@@ -129,6 +130,7 @@ class Demo:
         self.step("stage1", self.train_stage1)
         self.step("stage2_targets", self.stage2_targets)
         self.step("stage2", self.train_stage2)
+        self.step("calibrate", self.calibrate)
         self.step("evaluate", self.evaluate)
         self.step("reload", self.reload_in_fresh_process)
         self.step("report", self.report)
@@ -238,6 +240,14 @@ class Demo:
         save_checkpoint(finalize(trainer.model), processor, self.path("final"))
 
     # -- evaluation and report ----------------------------------------------------------------
+    def calibrate(self) -> None:
+        """The emotion head's temperature, fitted on the validation clips and stored in the final
+        checkpoint; its calibration error before/after on the held-out test clips."""
+        result = calibrate_checkpoint(
+            self.path("final"), self.split("validation"), self.settings.batch_size, held_out_rows=self.test_clips()
+        )
+        self.path("calibration.json").write_text(json.dumps(result, indent=2))
+
     def test_clips(self) -> list[dict]:
         return held_out_clips(self.split("test"), self.settings.eval_clips, self.settings.seed)
 
@@ -255,4 +265,5 @@ class Demo:
         pipeline_examples(self.root, self.test_clips())
 
     def report(self) -> None:
-        write_report(self.root, encoder=self.settings.encoder, llm=self.settings.llm)
+        settings = self.settings
+        write_report(self.root, encoder=settings.encoder, llm=settings.llm, random_level=settings.random_level)

@@ -18,7 +18,7 @@ NEW_TOKENS = 6
 
 
 def spoken(seconds: float, seed: int, text: str | None = None) -> dict:
-    return dict(text=text, audio=random_clip(int(seconds * 16000), seed), sampling_rate=16000)
+    return dict(text=text, audio=voice_like(seconds, seed), sampling_rate=16000)
 
 
 # Speech, text, text with speech, text, speech.

@@ -165,13 +165,15 @@ def model():
 
 
 def test_chat_turn_without_speech_has_no_emotion_and_says_so(model, processor):
-    chat = BlspEmoChat(model, processor, max_new_tokens=3, detect_speech=True)
+    chat = BlspEmoChat(model, processor, max_new_tokens=3)  # checks by default
     turn = chat.send(audio=noise(24000), sampling_rate=SR)
     assert turn.no_speech and turn.emotion is None and turn.scores is None
     spoken = chat.send(audio=voice_like(), sampling_rate=SR)
     assert not spoken.no_speech and spoken.emotion is not None
     assert "no speech heard" in status_line(turn) and "no speech heard" not in status_line(spoken)
     assert "no speech heard" in user_bubble(None, True, turn)
+    unchecked = BlspEmoChat(model, processor, max_new_tokens=3, detect_speech=False).send(audio=noise(24000), sampling_rate=SR)
+    assert not unchecked.no_speech and unchecked.emotion is not None
 
 
 def test_ser_predictions_mark_clips_without_speech_and_count_them(model, processor, tmp_path):

@@ -43,7 +43,7 @@ def last(outputs: list[tuple]) -> tuple:
 
 def test_a_spoken_turn_streams_the_reply_and_shows_the_emotion(app, tmp_path):
     clip = tmp_path / "clip.wav"
-    soundfile.write(clip, random_clip(16000, 1), 16000)
+    soundfile.write(clip, voice_like(1.0, 1), 16000)
     outputs = list(app.respond("hello world", str(clip), False, [], None))
     history, chat, _, _, emotion, status = last(outputs)
     assert [message["role"] for message in history] == ["user", "assistant"]

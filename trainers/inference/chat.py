@@ -144,7 +144,7 @@ class BlspEmoChat:
         generate_kwargs: extra `generate` arguments (e.g. `do_sample=False`). Replies are guarded
             against loops by `REPLY_GENERATION_DEFAULTS` (repetition penalty and no repeated 4-gram,
             over the reply's own tokens); pass e.g. `{"no_repeat_ngram_size": 0}` to change them.
-        detect_speech: check each turn's audio for speech (`speech_activity.has_speech`); a turn
+        detect_speech: check each turn's audio for speech (`speech_activity.has_speech`, on by default); a turn
             without speech is still answered, but its `ChatTurn` has `no_speech=True` and no emotion.
     """
 
@@ -159,7 +159,7 @@ class BlspEmoChat:
         max_audio_seconds: float = DEFAULT_MAX_AUDIO_SECONDS,
         reuse_cache: bool = True,
         generate_kwargs: dict | None = None,
-        detect_speech: bool = False,
+        detect_speech: bool = True,
     ):
         if system_prompt is not None and empathetic:
             raise ValueError("pass either system_prompt or empathetic=True, not both")

@@ -133,6 +133,41 @@ def test_evaluate_ser_command_writes_predictions_metrics_and_plots(saved_checkpo
     assert (tmp_path / "out" / "confusion_head.png").is_file()
 
 
+def test_evaluate_ser_head_only_runs_the_fast_path_and_labels_as_the_full_model(saved_checkpoint, tmp_path, monkeypatch, capsys):
+    import json
+
+    import soundfile
+
+    from modeling_blsp_emo import BlspEmoForConditionalGeneration
+    from trainers.cli.main import main
+
+    rows = []
+    for index, emotion in enumerate(["sad", "angry", "happy", "neutral"]):
+        soundfile.write(tmp_path / f"{index}.wav", voice_like(0.75 + 0.25 * index, index), 16000)
+        rows.append({"audio": f"{index}.wav", "emotion": emotion})
+    (tmp_path / "test.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    command = ["evaluate-ser", "--model", str(saved_checkpoint), "--data", str(tmp_path / "test.jsonl"), "--batch-size", "3"]
+    assert main([*command, "--output", str(tmp_path / "full")]) == 0
+
+    def no_llm(*args, **kwargs):
+        raise AssertionError("--head-only loaded the full model")
+
+    monkeypatch.setattr(BlspEmoForConditionalGeneration, "from_pretrained", no_llm)
+    assert main([*command, "--output", str(tmp_path / "fast"), "--head-only"]) == 0
+    full, fast = (json.loads((tmp_path / name / "ser_metrics.json").read_text()) for name in ("full", "fast"))
+    assert set(fast["all"]) == {"head"} and fast["metrics"]["accuracy"] == full["metrics"]["accuracy"]
+    assert fast["metrics"]["ece"] == pytest.approx(full["metrics"]["ece"], abs=1e-5)
+    predictions = {name: [json.loads(line) for line in (tmp_path / name / "predictions.jsonl").read_text().splitlines()]
+                   for name in ("full", "fast")}
+    for slow_row, fast_row in zip(predictions["full"], predictions["fast"]):
+        assert fast_row["head"] == slow_row["head"] and fast_row["answer"] is None
+        assert list(fast_row["head_scores"].values()) == pytest.approx(list(slow_row["head_scores"].values()), abs=1e-5)
+    assert not (tmp_path / "fast" / "confusion_generative.png").exists()
+    capsys.readouterr()
+    assert main([*command, "--output", str(tmp_path / "bad"), "--head-only", "--targets", str(tmp_path)]) == 2
+    assert "--targets (retrieval) needs the LLM" in capsys.readouterr().err
+
+
 def test_normalized_retrieval_removes_how_likely_each_text_is_in_itself(monkeypatch):
     from types import SimpleNamespace
 

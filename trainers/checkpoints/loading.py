@@ -45,12 +45,15 @@ def load_blsp_emo_config(path: str) -> BlspEmoConfig:
     return config
 
 
-def load_blsp_emo(path: str, dtype: str | None = None, device_map=None) -> tuple[BlspEmoForConditionalGeneration, BlspEmoProcessor]:
+def load_blsp_emo(
+    path: str, dtype: str | None = None, device_map=None, model_class: type[PreTrainedModel] = BlspEmoForConditionalGeneration
+) -> tuple[PreTrainedModel, BlspEmoProcessor]:
     """A BLSP-Emo checkpoint and its processor. A weights file that does not load (half written,
-    truncated, corrupt header) is named in the error."""
+    truncated, corrupt header) is named in the error. `model_class=BlspEmoForAudioClassification`
+    loads only the encoder, adapter and emotion head (the LLM's weights are skipped)."""
     load_blsp_emo_config(path)
     try:
-        model = BlspEmoForConditionalGeneration.from_pretrained(path, dtype=parse_dtype(dtype), device_map=device_map)
+        model = model_class.from_pretrained(path, dtype=parse_dtype(dtype), device_map=device_map)
     except Exception as error:
         broken = unreadable_weight_file(path)
         if broken is None:

@@ -29,6 +29,8 @@ def add_commands(commands) -> None:
     ser.add_argument("--dtype")
     ser.add_argument("--no-detect-speech", dest="detect_speech", action="store_false",
                      help="label every clip, even those in which no speech is heard (by default they get no label)")
+    ser.add_argument("--head-only", action="store_true",
+                     help="only the emotion head, on the fast path: encoder + adapter + head (the LLM is neither loaded nor run)")
     ser.set_defaults(handler=run_evaluate_ser)
 
     calibrate = commands.add_parser(
@@ -69,15 +71,19 @@ def load_labelled_rows(args: argparse.Namespace, data: str, with_text: bool = Fa
 
 
 def run_evaluate_ser(args: argparse.Namespace) -> int:
-    from processing.errors import output_folder
+    from modeling_blsp_emo import BlspEmoForAudioClassification, BlspEmoForConditionalGeneration
+    from processing.errors import UserInputError, output_folder
     from trainers.checkpoints.loading import load_blsp_emo
     from trainers.evaluation import evaluate_ser, retrieval_targets
 
+    if args.head_only and args.targets:
+        raise UserInputError("--targets (retrieval) needs the LLM; drop --head-only or --targets")
     # The cheap checks first: a bad manifest should not wait for the model to load.
     output_folder(args.output)
     rows = load_labelled_rows(args, args.data, with_text=bool(args.targets))
     targets = retrieval_targets(args.targets) if args.targets else None
-    model, processor = load_blsp_emo(args.model, args.dtype)
+    model_class = BlspEmoForAudioClassification if args.head_only else BlspEmoForConditionalGeneration
+    model, processor = load_blsp_emo(args.model, args.dtype, model_class=model_class)
     model.eval()
     metrics = evaluate_ser(
         model, processor, rows, args.output, targets=targets, batch_size=args.batch_size, detect_speech=args.detect_speech

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from modeling_blsp_emo import AudioInputError, BlspEmoForConditionalGeneration, BlspEmoProcessor
+from modeling_blsp_emo import AudioInputError, BlspEmoForAudioClassification, BlspEmoForConditionalGeneration, BlspEmoProcessor
 from processing.errors import UserInputError
 from trainers.checkpoints.editing import set_config_fields
 from trainers.checkpoints.loading import load_blsp_emo
@@ -20,7 +20,10 @@ logger = logging.getLogger(__name__)
 
 
 def head_logits(
-    model: BlspEmoForConditionalGeneration, processor: BlspEmoProcessor, rows: Sequence[dict], batch_size: int = 8
+    model: BlspEmoForConditionalGeneration | BlspEmoForAudioClassification,
+    processor: BlspEmoProcessor,
+    rows: Sequence[dict],
+    batch_size: int = 8,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The emotion head's raw logits `(clips, labels)` on `rows` (`audio`, `emotion`) and the rows'
     label ids. Clips that cannot be loaded are left out with a logged count (an `AudioInputError`
@@ -67,7 +70,7 @@ def calibrate_checkpoint(
     expected calibration error on `rows` with the checkpoint's temperature before (1.0 unless it was
     calibrated already) and after. With `held_out_rows` (a test split), `"held_out"` holds the same
     `{"ece_before", "ece_after", "clips"}` on them, the fair measure of the fit."""
-    model, processor = load_blsp_emo(str(checkpoint_dir))
+    model, processor = load_blsp_emo(str(checkpoint_dir), model_class=BlspEmoForAudioClassification)  # no LLM needed
     model.eval()
     before = model.config.emotion_temperature
     logits, label_ids = head_logits(model, processor, rows, batch_size)

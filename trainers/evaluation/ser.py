@@ -12,7 +12,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from modeling_blsp_emo import AudioInputError, BlspEmoForConditionalGeneration, BlspEmoProcessor, load_audio
+from modeling_blsp_emo import (
+    AudioInputError,
+    BlspEmoForAudioClassification,
+    BlspEmoForConditionalGeneration,
+    BlspEmoProcessor,
+    load_audio,
+)
 from modeling_blsp_emo.audio_loading import describe_audio_item
 from modeling_blsp_emo.numerics import check_finite
 from modeling_blsp_emo.prompts import NEUTRAL_SYSTEM_PROMPT, ser_instruction
@@ -124,8 +130,11 @@ def _predict_batch(
         new_tokens = generated.sequences[:, inputs["input_ids"].shape[1] :]
         answers = [answer.strip() for answer in processor.batch_decode(new_tokens, skip_special_tokens=True)]
     features = inputs["input_features"].to(model.dtype)
-    embeds, lengths = model.model.get_audio_features(features, inputs["feature_attention_mask"])
-    logits = model.classify_emotion(embeds, lengths, inputs["audio_item_index"])  # raises on NaN/inf
+    if isinstance(model, BlspEmoForAudioClassification):  # the fast path: no LLM loaded
+        logits = model(features, inputs["feature_attention_mask"], inputs["audio_item_index"]).logits
+    else:
+        embeds, lengths = model.model.get_audio_features(features, inputs["feature_attention_mask"])
+        logits = model.classify_emotion(embeds, lengths, inputs["audio_item_index"])  # raises on NaN/inf
     return [
         {
             "answer": answer,
@@ -177,14 +186,16 @@ def evaluate_ser(
     batch_size: int = 8,
     name: str | None = None,
     detect_speech: bool = False,
+    answers: bool = True,
 ) -> dict:
     """Evaluate SER on `rows` (`audio`, `emotion`; `text` too for retrieval) and write the evidence.
 
     Returns `{"generative": metrics, "head": metrics}` plus `"retrieval"` when emotion `targets`
-    ({(text, emotion): target}) are given. The head's metrics include `ece`, the expected
-    calibration error of its scores (`calibration.expected_calibration_error`; None when no clip
-    got a score). Clips that cannot be loaded do not end a long run: they
-    are logged, reported with their error in the predictions, left out of every metric and counted
+    ({(text, emotion): target}) are given. With `answers=False` (always so for a
+    `BlspEmoForAudioClassification`, the fast path that has no LLM) only the head is evaluated.
+    The head's metrics include `ece`, the expected calibration error of its scores
+    (`calibration.expected_calibration_error`; None when no clip got a score). Clips that cannot
+    be loaded do not end a long run: they are logged, reported with their error in the predictions, left out of every metric and counted
     in the head's and the generative metrics as `unreadable`. With `detect_speech` (off here, so that
     a labelled speech corpus is measured whole; `blsp-emo evaluate-ser` turns it on), clips without
     speech get no label (`"no_speech": true` in their predictions), count as unanswered in every
@@ -193,10 +204,14 @@ def evaluate_ser(
     `predictions.jsonl`, `confusion_{head,generative}.png`, or with a model `name`,
     `{name}_predictions.jsonl`, `{name}_{head,generative}_confusion.png`.
     """
+    answers = answers and not isinstance(model, BlspEmoForAudioClassification)
+    if targets is not None and not answers:
+        raise ValueError("target retrieval needs the LLM: evaluate the full model with answers=True")
     output = output_folder(output)
     labels = model.config.emotion_labels
     predictions = predict_emotions(
-        model, processor, [row["audio"] for row in rows], batch_size, errors="return", detect_speech=detect_speech
+        model, processor, [row["audio"] for row in rows], batch_size, errors="return", detect_speech=detect_speech,
+        answers=answers,
     )
     readable = [index for index, prediction in enumerate(predictions) if "error" not in prediction]
     if len(readable) < len(rows):
@@ -205,10 +220,9 @@ def evaluate_ser(
             raise AudioInputError(f"none of the {len(rows)} clips could be loaded (first: {first})")
         logger.warning("SER: skipped %d of %d clips that could not be loaded (first: %s)", len(rows) - len(readable), len(rows), first)
     truth = [rows[i]["emotion"] for i in readable]
-    metrics = {
-        "generative": ser_metrics([predictions[i]["parsed"] for i in readable], truth, labels),
-        "head": ser_metrics([predictions[i]["head"] for i in readable], truth, labels),
-    }
+    metrics = {"head": ser_metrics([predictions[i]["head"] for i in readable], truth, labels)}
+    if answers:
+        metrics["generative"] = ser_metrics([predictions[i]["parsed"] for i in readable], truth, labels)
     scored = [i for i in readable if predictions[i]["head_scores"] is not None]
     metrics["head"]["ece"] = expected_calibration_error(
         [[predictions[i]["head_scores"][label] for label in labels] for i in scored],
@@ -222,14 +236,14 @@ def evaluate_ser(
     no_speech = sum(bool(prediction.get("no_speech")) for prediction in predictions)
     if no_speech:
         logger.warning("SER: no speech heard in %d of %d clips; they get no label", no_speech, len(rows))
-    for kind in ("generative", "head"):
+    for kind in ("head", "generative")[: 1 + answers]:
         metrics[kind]["unreadable"] = len(rows) - len(readable)
         metrics[kind]["no_speech"] = no_speech
     write_jsonl(output / (f"{name}_predictions.jsonl" if name else "predictions.jsonl"), [
         {**_plain_fields(row), **prediction, **({"retrieval": result} if result else {})}
         for row, prediction, result in zip(rows, predictions, retrieved)
     ])
-    for kind, description in (("head", "emotion head"), ("generative", "answer to SER query")):
+    for kind, description in (("head", "emotion head"), ("generative", "answer to SER query"))[: 1 + answers]:
         plot = output / (f"{name}_{kind}_confusion.png" if name else f"confusion_{kind}.png")
         plot_confusion(metrics[kind]["confusion_matrix"], labels, plot, f"{name}: {description}" if name else description)
     return metrics

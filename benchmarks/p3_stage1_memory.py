@@ -66,7 +66,7 @@ def one_step(variant: str, batch_size: int, target_tokens: int, seconds: float, 
         args = TrainingArguments(output_dir=tempfile.mkdtemp(), report_to=[], use_cpu=True, remove_unused_columns=False)
         chunk_size = None if variant == "sliced" else 128
         trainer = SemanticAlignmentTrainer(model=model, args=args, logits_chunk_size=chunk_size)
-        if variant.endswith("+gc"):  # as `Trainer.train` does for `gradient_checkpointing=True`
+        if variant.endswith("+gc"):  # as `Trainer.train` does for `activation_checkpointing=True`
             model.activation_checkpointing_enable()
         batch = {**student, "labels": labels, "teacher_input_ids": teacher_ids, "teacher_labels": teacher_labels}
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

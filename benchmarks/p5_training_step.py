@@ -29,7 +29,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import warnings
 
 import numpy as np
 import torch
@@ -159,7 +158,7 @@ def project_trainer(model, stage: int, gradient_checkpointing: bool, output_dir:
     """This package's trainer for `stage`, with the optimizer it would train with."""
     args = TrainingArguments(
         output_dir=output_dir, use_cpu=not torch.cuda.is_available(), report_to=[], learning_rate=1e-4,
-        gradient_checkpointing=gradient_checkpointing, remove_unused_columns=False, bf16=model.dtype == torch.bfloat16,
+        activation_checkpointing=gradient_checkpointing, remove_unused_columns=False, bf16=model.dtype == torch.bfloat16,
     )  # fmt: skip
     if stage == 1:
         trainer = SemanticAlignmentTrainer(model=model, args=args, **trainer_kwargs)
@@ -167,9 +166,7 @@ def project_trainer(model, stage: int, gradient_checkpointing: bool, output_dir:
         model = prepare_for_emotion_alignment(model, LoraSettings(scope="audio"), train_encoder=True)
         trainer = EmotionAlignmentTrainer(model=model, args=args, **trainer_kwargs)
     if gradient_checkpointing:  # `Trainer.train` would do this itself
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            trainer.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=args.gradient_checkpointing_kwargs)
+        trainer.model.activation_checkpointing_enable(activation_checkpointing_kwargs=args.activation_checkpointing_kwargs)
     trainer.create_optimizer()
     return trainer
 

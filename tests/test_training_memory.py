@@ -99,7 +99,7 @@ def test_stage1_kl_in_chunks_equals_all_logits_at_once(processor, tmp_path, text
 def test_stage1_with_gradient_checkpointing_gives_the_same_adapter_gradients(processor, tmp_path):
     trainer, batch = stage1(processor, tmp_path, logits_chunk_size=None)
     plain = loss_and_gradients(trainer, batch)
-    trainer.model.gradient_checkpointing_enable()  # as `Trainer.train` does for gradient_checkpointing=True
+    trainer.model.activation_checkpointing_enable()  # as `Trainer.train` does for activation_checkpointing=True
     # The LLM is frozen; the adapter's output reaches the checkpointed blocks through inputs_embeds.
     assert all(not p.requires_grad for p in trainer.model.model.language_model.parameters())
     trainer.logits_chunk_size = 2
@@ -115,7 +115,7 @@ def test_stage2_cross_entropy_in_chunks_and_checkpointing_match_the_plain_loss(p
     plain = reference.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     assert any(".lora_A." in name for name in plain[1]) and any(name.startswith("model.audio_encoder.") for name in plain[1])
     assert_same(plain, loss_and_gradients(trainer, batch))
-    model.gradient_checkpointing_enable()
+    model.activation_checkpointing_enable()
     assert_same(plain, loss_and_gradients(trainer, batch))
 
 
@@ -126,11 +126,11 @@ def test_training_with_gradient_checkpointing_reaches_the_same_adapter(processor
         args = TrainingArguments(
             output_dir=str(tmp_path / str(checkpointing)), per_device_train_batch_size=3, max_steps=2, learning_rate=1e-2,
             report_to=[], remove_unused_columns=False, use_cpu=True, save_strategy="no", seed=0,
-            gradient_checkpointing=checkpointing,
+            activation_checkpointing=checkpointing,
         )  # fmt: skip
         trainer = SemanticAlignmentTrainer(model=tiny_model(), args=args, train_dataset=EXAMPLES, data_collator=collator)
         trainer.train()
-        assert trainer.model.is_gradient_checkpointing == checkpointing
+        assert trainer.model.is_activation_checkpointing == checkpointing
         adapters.append(trainer.model.model.adapter.state_dict())
     for name, weight in adapters[0].items():
         torch.testing.assert_close(adapters[1][name], weight, rtol=1e-5, atol=1e-6, msg=name)

@@ -48,7 +48,7 @@ class AlignmentTrainer(Trainer):
     frozen encoder and LLM.
 
     `logits_chunk_size` positions' LM-head logits exist at a time in the loss (`None`: all at once;
-    the result is the same up to float rounding). `TrainingArguments(gradient_checkpointing=True)`
+    the result is the same up to float rounding). `TrainingArguments(activation_checkpointing=True)`
     recomputes the LLM and encoder blocks in the backward instead of keeping their activations.
     A fitted emotion temperature is reset to 1.0 (`forget_emotion_calibration`).
     """

@@ -29,14 +29,28 @@ def voice_corpus(tmp_path):
     return folder
 
 
+def write_distinct_stage2_targets(root) -> None:
+    pairs = [(sentence, emotion) for sentences in SENTENCES.values() for sentence in sentences for emotion in EMOTIONS]
+    records = [
+        {"index": index, "text": text, "emotion": emotion, "target": f"{emotion} words about {text}", "truncated": False}
+        for index, (text, emotion) in enumerate(pairs)
+    ]
+    (root / "targets_stage2").mkdir(parents=True)
+    (root / "targets_stage2" / "targets-00000-of-00001.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (root / ".done-stage2_targets").touch()
+
+
 def test_demo_runs_end_to_end_and_resumes(pretrained_parts, voice_corpus, tmp_path, monkeypatch):
     whisper_dir, llm_dir = pretrained_parts
     monkeypatch.chdir(tmp_path)  # a relative output folder, as `blsp-emo demo` has by default
     settings = DemoSettings(
         output="demo", encoder=str(whisper_dir), llm=str(llm_dir), corpus=str(voice_corpus),
         max_new_tokens=4, batch_size=2, stage1_steps=2, stage2_steps=2, cascade=False, lora_rank=2,
-        writer=str(llm_dir), judge=str(llm_dir), helper_dtype="float32", reply_tokens=4,
+        writer=str(llm_dir), judge=str(llm_dir), helper_dtype="float32", reply_tokens=4, preference_steps=2,
     )
+    # A tiny random writer continues a sentence alike in every emotion, which gives stage 3 no pairs:
+    # stand in for a real writer's stage-2 targets (the step counts as done, as on a resume).
+    write_distinct_stage2_targets(tmp_path / "demo")
     results = Demo(settings).run()
     assert results["test_clips"] == 5
     for model in ("stage2", "stage1_only"):
@@ -47,7 +61,9 @@ def test_demo_runs_end_to_end_and_resumes(pretrained_parts, voice_corpus, tmp_pa
     for model in ("stage2", "stage1_only"):
         assert set(results[model]["head_by_level"]) == {"as_recorded", "peak_normalized", "clips"}
         assert results[model]["sentence_retrieval"]["clips"] == 0  # one test sentence: nothing to tell apart
-    assert set(results["judged"]) == {"stage2", "stage2_guarded", "stage1_only"}
+    assert set(results["judged"]) == {"stage2", "stage2_guarded", "stage3", "stage1_only"}
+    assert results["stage3"]["head"]["confusion_matrix"] and (tmp_path / "demo" / "final_preference" / "config.json").is_file()
+    assert len(json.loads((tmp_path / "demo" / "preference_log.json").read_text())) >= 2
     assert results["judged"]["stage2"]["emotion"]["clips"] == 5
     assert results["judge_calibration"]["writer_targets_emotion"]["clips"] == 5  # the test sentence, each emotion
     calibration = results["calibration"]
@@ -58,6 +74,7 @@ def test_demo_runs_end_to_end_and_resumes(pretrained_parts, voice_corpus, tmp_pa
     assert "expected calibration error on the 5 held-out clips" in report
     assert "## What the models say, read by a judge" in report and "## Prosody, not level" in report
     assert "the LLM that wrote them" in report
+    assert report.count("| stage 2 + preference (DPO) |") == 3  # SER, prosody and judged-replies tables
     assert "## Speech emotion recognition on held-out clips" in report and "transformers_modules" in report
     examples = json.loads((tmp_path / "demo" / "pipeline_examples.json").read_text())["rows"]
     assert examples and all(row["head_emotion"] is not None for row in examples)  # heard as speech: the model ran

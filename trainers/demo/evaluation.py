@@ -21,8 +21,8 @@ from trainers.evaluation.judge import WordChoiceJudge
 from trainers.evaluation.level import head_accuracy_by_level
 from trainers.evaluation.replies import REPETITION_GUARD, generate_replies, repetition_share, sentence_retrieval
 
-# Result name → checkpoint folder in the demo's output.
-MODELS = {"stage2": "final", "stage1_only": "stage1"}
+# Result name → checkpoint folder in the demo's output (stage 3 only when it was trained).
+MODELS = {"stage2": "final", "stage1_only": "stage1", "stage3": "final_preference"}
 
 
 def held_out_clips(rows: list[dict], limit: int | None, seed: int) -> list[dict]:
@@ -80,6 +80,8 @@ def evaluate_demo(
     results = {"test_clips": len(rows), "chance": 1 / len(labels)}
     replies = {}
     for name, checkpoint in MODELS.items():
+        if not (root / checkpoint).is_dir():
+            continue
         model, processor = load_blsp_emo(str(root / checkpoint))
         results[name], model_replies = model_measures(
             model.eval(), processor, rows, root / "eval", name, targets, continuations, batch_size, reply_tokens

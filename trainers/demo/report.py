@@ -5,6 +5,8 @@ from pathlib import Path
 
 from trainers.evaluation.plots import plot_curves
 
+# Result name → row label in the tables (stage 3 only when the demo trained it).
+MODEL_ROWS = (("stage2", "BLSP-Emo (stage 1 + 2)"), ("stage3", "stage 2 + preference (DPO)"), ("stage1_only", "stage 1 only"))
 CURVES = {"stage1": ("kl", "token_agreement"), "stage2": ("lm_loss", "emotion_loss", "emotion_accuracy")}
 
 
@@ -45,7 +47,9 @@ def ser_section(results: dict) -> list[str]:
         "| retrieval, normalized per sentence |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
-    for name, label in (("stage2", "BLSP-Emo (stage 1 + 2)"), ("stage1_only", "stage 1 only")):
+    for name, label in MODEL_ROWS:
+        if name not in results:
+            continue
         row = results[name]
         lines.append(
             f"| {label} | {percent(row['head']['accuracy'])} | {percent(row['generative']['accuracy'])} | "
@@ -78,7 +82,7 @@ def ser_section(results: dict) -> list[str]:
 
 REPLY_SETS = (
     ("stage2", "BLSP-Emo (stage 1 + 2)"), ("stage2_guarded", "BLSP-Emo, repetition guard"),
-    ("stage1_only", "stage 1 only"), ("cascade", "Whisper → LLM cascade"),
+    ("stage3", "stage 2 + preference (DPO)"), ("stage1_only", "stage 1 only"), ("cascade", "Whisper → LLM cascade"),
 )
 
 
@@ -103,7 +107,9 @@ def reply_section(results: dict, random_level: bool) -> list[str]:
         "| model | emotion head, as synthesized | each clip peak-normalized | sentence retrieval (normalized) |",
         "| --- | --- | --- | --- |",
     ]
-    for name, label in (("stage2", "BLSP-Emo (stage 1 + 2)"), ("stage1_only", "stage 1 only")):
+    for name, label in MODEL_ROWS:
+        if name not in results:
+            continue
         level, sentences = results[name].get("head_by_level"), results[name].get("sentence_retrieval")
         if level:
             lines.append(f"| {label} | {percent(level['as_recorded'])} | {percent(level['peak_normalized'])} | "

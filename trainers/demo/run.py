@@ -37,6 +37,7 @@ from trainers.demo.report import write_report
 from trainers.evaluation.head_calibration import calibrate_checkpoint
 from trainers.training.emotion_alignment import EmotionAlignmentTrainer, LoraSettings, finalize, prepare_for_emotion_alignment
 from trainers.training.semantic_alignment import SemanticAlignmentTrainer
+from trainers.training.train_preference import PreferenceArguments, train_preference
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +80,10 @@ class DemoSettings:
     random_level: bool = False
     reply_tokens: int = 32
     lora_rank: int = 8
+    # Stage 3 (optional, needs trl): DPO steps on emotion preference pairs after stage 2; 0 skips it.
+    preference_steps: int = 0
+    preference_learning_rate: float = 5e-5
+    preference_beta: float = 0.1
     test_fraction: float = 0.1  # of the sentences (their clips are also spoken by held-out voices)
     # bfloat16 autocast while training: ~1.3x faster steps on AVX512-BF16 CPUs; off by default because
     # the head stalled in a bf16 trial (with the earlier, higher head and encoder learning rates).
@@ -130,6 +135,8 @@ class Demo:
         self.step("stage1", self.train_stage1)
         self.step("stage2_targets", self.stage2_targets)
         self.step("stage2", self.train_stage2)
+        if self.settings.preference_steps:
+            self.step("preference", self.train_preference)
         self.step("calibrate", self.calibrate)
         self.step("evaluate", self.evaluate)
         self.step("reload", self.reload_in_fresh_process)
@@ -238,6 +245,26 @@ class Demo:
         )
         self.train(trainer, "stage2")
         save_checkpoint(finalize(trainer.model), processor, self.path("final"))
+
+    def train_preference(self) -> None:
+        """Stage 3: DPO from the stage-2 checkpoint on pairs of the training clips' stage-2 targets
+        (one rejected continuation per clip), saved as `final_preference`."""
+        from trl import DPOConfig
+
+        settings = self.settings
+        training = DPOConfig(
+            output_dir=str(self.path("final_preference")), max_steps=settings.preference_steps,
+            learning_rate=settings.preference_learning_rate, beta=settings.preference_beta,
+            per_device_train_batch_size=max(1, settings.batch_size // 2), warmup_steps=max(1, settings.preference_steps // 10),
+            lr_scheduler_type="cosine", logging_steps=max(1, settings.preference_steps // 20), save_strategy="no",
+            report_to=[], use_cpu=True, seed=settings.seed, activation_checkpointing=False, dataloader_num_workers=0,
+        )  # fmt: skip
+        arguments = PreferenceArguments(
+            model=str(self.path("final")), manifest=str(self.corpus_dir() / "train.jsonl"),
+            targets=str(self.path("targets_stage2")), rejected_per_clip=1,
+        )
+        trainer = train_preference(arguments, training)
+        self.path("preference_log.json").write_text(json.dumps(trainer.state.log_history, indent=1))
 
     # -- evaluation and report ----------------------------------------------------------------
     def calibrate(self) -> None:

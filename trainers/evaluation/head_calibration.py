@@ -3,20 +3,17 @@
 checkpoint's config updated with it (`emotion_temperature`), so that every score the model gives
 from then on (pipelines, chat, evaluation) is calibrated."""
 
-import logging
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from modeling_blsp_emo import AudioInputError, BlspEmoForAudioClassification, BlspEmoForConditionalGeneration, BlspEmoProcessor
+from modeling_blsp_emo import BlspEmoForAudioClassification, BlspEmoForConditionalGeneration, BlspEmoProcessor
 from processing.errors import UserInputError
 from trainers.checkpoints.editing import set_config_fields
 from trainers.checkpoints.loading import load_blsp_emo
 from trainers.evaluation.calibration import expected_calibration_error, fit_temperature, temperature_scaled
-from trainers.evaluation.ser import predict_emotions
-
-logger = logging.getLogger(__name__)
+from trainers.evaluation.ser import predict_emotions, readable_indices
 
 
 def head_logits(
@@ -35,12 +32,7 @@ def head_logits(
     if not rows:
         raise UserInputError("no labelled clips to calibrate on")
     predictions = predict_emotions(model, processor, [row["audio"] for row in rows], batch_size, errors="return", answers=False)
-    kept = [index for index, prediction in enumerate(predictions) if "error" not in prediction]
-    if len(kept) < len(rows):
-        first = next(prediction["error"] for prediction in predictions if "error" in prediction)
-        if not kept:
-            raise AudioInputError(f"none of the {len(rows)} clips could be loaded (first: {first})")
-        logger.warning("calibration: skipped %d of %d clips that could not be loaded (first: %s)", len(rows) - len(kept), len(rows), first)
+    kept = readable_indices(predictions, "calibration")
     logits = np.array([predictions[index]["head_logits"] for index in kept], dtype=np.float64)
     return logits, np.array([labels.index(rows[index]["emotion"]) for index in kept])
 

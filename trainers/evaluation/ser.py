@@ -213,12 +213,7 @@ def evaluate_ser(
         model, processor, [row["audio"] for row in rows], batch_size, errors="return", detect_speech=detect_speech,
         answers=answers,
     )
-    readable = [index for index, prediction in enumerate(predictions) if "error" not in prediction]
-    if len(readable) < len(rows):
-        first = next(p["error"] for p in predictions if "error" in p)
-        if not readable:
-            raise AudioInputError(f"none of the {len(rows)} clips could be loaded (first: {first})")
-        logger.warning("SER: skipped %d of %d clips that could not be loaded (first: %s)", len(rows) - len(readable), len(rows), first)
+    readable = readable_indices(predictions, "SER")
     truth = [rows[i]["emotion"] for i in readable]
     metrics = {"head": ser_metrics([predictions[i]["head"] for i in readable], truth, labels)}
     if answers:
@@ -247,6 +242,19 @@ def evaluate_ser(
         plot = output / (f"{name}_{kind}_confusion.png" if name else f"confusion_{kind}.png")
         plot_confusion(metrics[kind]["confusion_matrix"], labels, plot, f"{name}: {description}" if name else description)
     return metrics
+
+
+def readable_indices(predictions: Sequence[dict], job: str) -> list[int]:
+    """Indices of the predictions whose clip could be loaded; the others are logged with a count
+    (an `AudioInputError` when none could)."""
+    readable = [index for index, prediction in enumerate(predictions) if "error" not in prediction]
+    if len(readable) < len(predictions):
+        first = next(p["error"] for p in predictions if "error" in p)
+        if not readable:
+            raise AudioInputError(f"none of the {len(predictions)} clips could be loaded (first: {first})")
+        logger.warning("%s: skipped %d of %d clips that could not be loaded (first: %s)",
+                       job, len(predictions) - len(readable), len(predictions), first)
+    return readable
 
 
 def _plain_fields(row: dict) -> dict:

@@ -1,5 +1,7 @@
 """The processor: chat rendering, placeholder expansion, audio windows, save/load."""
 
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -185,6 +187,16 @@ def test_settings_record_refuses_changes_and_accepts_settings_added_since(tmp_pa
         check_settings(tmp_path / "settings.json", Settings("a", seed=1), ignore=("output",))
     (tmp_path / "settings.json").write_text(json.dumps({"seed": 0}))  # written before `steps` existed
     check_settings(tmp_path / "settings.json", Settings("a"), ignore=("output",))
+
+
+def test_demo_stage3_without_trl_names_the_extra_to_install(tmp_path, monkeypatch):
+    from processing.errors import UserInputError
+    from trainers.demo import Demo, DemoSettings
+
+    monkeypatch.setitem(sys.modules, "trl", None)  # as if trl were not installed: importing it raises ImportError
+    demo = Demo(DemoSettings(output=str(tmp_path), preference_steps=2))
+    with pytest.raises(UserInputError, match=r"pip install 'blsp-emo\[preference\]'"):
+        demo.train_preference()
 
 
 def test_demo_refuses_to_resume_with_other_settings(tmp_path):

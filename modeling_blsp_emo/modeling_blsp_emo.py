@@ -96,12 +96,6 @@ class BlspEmoPreTrainedModel(PreTrainedModel):
         """The auto classes (and the classes they load) that checkpoints saved from this class declare."""
         return {}
 
-    def emotion_probabilities(self, emotion_logits: torch.Tensor) -> torch.Tensor:
-        """The emotion head's scores `(items, labels)`, float32: `softmax(logits / config.emotion_temperature)`.
-        The temperature (1.0 until fitted by `blsp-emo calibrate`) calibrates the scores; the argmax,
-        and so the label, is the same as the raw logits'."""
-        return (emotion_logits.float() / self.config.emotion_temperature).softmax(-1)
-
     def save_pretrained(self, save_directory, *args, **kwargs):
         """Save as usual, declaring this checkpoint's auto classes and pipelines in its config and
         copying the pipelines' code beside the model's (`custom_object_save`)."""
@@ -151,6 +145,25 @@ class SpeechEmbeddingMixin:
         encode = encode_variable_length if self.config.audio_padding == "longest" else encode_padded_to_30s
         hidden_states, lengths = encode(self.audio_encoder, input_features, frame_lengths)
         return self.adapter(hidden_states, lengths)
+
+
+class EmotionHeadMixin:
+    """The emotion head's logits and scores, shared by the models that have one (`emotion_head`)."""
+
+    def classify_emotion(
+        self, audio_embeds: torch.Tensor, audio_lengths: torch.Tensor, audio_item_index: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Raw emotion logits `(items, labels)` from the pooled speech embeddings (`emotion_probabilities`
+        makes calibrated scores of them); raises `NonFiniteOutputError` when they hold NaN or inf
+        (corrupt weights, overflow)."""
+        logits = self.emotion_head(pool_speech_embeddings(audio_embeds, audio_lengths, audio_item_index))
+        return check_finite(logits, "emotion head logits")
+
+    def emotion_probabilities(self, emotion_logits: torch.Tensor) -> torch.Tensor:
+        """The emotion head's scores `(items, labels)`, float32: `softmax(logits / config.emotion_temperature)`.
+        The temperature (1.0 until fitted by `blsp-emo calibrate`) calibrates the scores; the argmax,
+        and so the label, is the same as the raw logits'."""
+        return (emotion_logits.float() / self.config.emotion_temperature).softmax(-1)
 
 
 class BlspEmoModel(SpeechEmbeddingMixin, BlspEmoPreTrainedModel):
@@ -295,7 +308,7 @@ def windows_per_row(
     return counts
 
 
-class BlspEmoForConditionalGeneration(BlspEmoPreTrainedModel, GenerationMixin):
+class BlspEmoForConditionalGeneration(EmotionHeadMixin, BlspEmoPreTrainedModel, GenerationMixin):
     """BLSP-Emo with the LLM's output head and the emotion classification head."""
 
     checkpoint_tasks = (PIPELINE_TASK, CLASSIFICATION_TASK)
@@ -384,15 +397,6 @@ class BlspEmoForConditionalGeneration(BlspEmoPreTrainedModel, GenerationMixin):
         if (cap := getattr(text_config, "final_logit_softcapping", None)) is not None:  # Gemma 2/3
             logits = torch.tanh(logits / cap) * cap
         return logits
-
-    def classify_emotion(
-        self, audio_embeds: torch.Tensor, audio_lengths: torch.Tensor, audio_item_index: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """Raw emotion logits `(items, labels)` from the pooled speech embeddings (`emotion_probabilities`
-        makes calibrated scores of them); raises `NonFiniteOutputError` when they hold NaN or inf
-        (corrupt weights, overflow)."""
-        logits = self.emotion_head(pool_speech_embeddings(audio_embeds, audio_lengths, audio_item_index))
-        return check_finite(logits, "emotion head logits")
 
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
@@ -543,7 +547,7 @@ def frames_before_padding(input_features: torch.Tensor) -> torch.Tensor:
     return (above_floor * positions).amax(-1).clamp(min=1)
 
 
-class BlspEmoForAudioClassification(BlspEmoPreTrainedModel):
+class BlspEmoForAudioClassification(EmotionHeadMixin, BlspEmoPreTrainedModel):
     """Speech emotion recognition with BLSP-Emo's encoder, adapter and emotion head; the LLM is neither
     built nor loaded (its weights in a full checkpoint are skipped).
 
@@ -598,8 +602,7 @@ class BlspEmoForAudioClassification(BlspEmoPreTrainedModel):
                 input_features = input_features[..., : int(frames.max())]
                 frame_mask = frame_mask[:, : input_features.shape[-1]]
         audio_embeds, audio_lengths = self.model.get_audio_features(input_features, frame_mask)
-        pooled = pool_speech_embeddings(audio_embeds, audio_lengths, audio_item_index)
-        logits = check_finite(self.emotion_head(pooled), "emotion head logits")
+        logits = self.classify_emotion(audio_embeds, audio_lengths, audio_item_index)
         loss = None
         if labels is not None:
             loss = nn.functional.cross_entropy(logits.float(), labels.to(logits.device))

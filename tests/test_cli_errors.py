@@ -270,3 +270,15 @@ def test_nan_check_names_counts():
     with pytest.raises(NonFiniteOutputError, match=r"head: 1 NaN and 1 infinite value\(s\) among 4"):
         check_finite(values, "head")
     assert check_finite(torch.tensor([-1e30, 0.0]), "ok") is not None
+
+
+def test_train_preference_without_trl_names_the_extra_and_still_has_help(tmp_path, monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "trl", None)  # as if trl were not installed
+    message = fails(capsys, ["train-preference", "--model", "m", "--manifest", "x.jsonl", "--targets", "t",
+                             "--output_dir", str(tmp_path / "out")])
+    assert "pip install 'blsp-emo[preference]'" in message
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train-preference", "--help"])
+    assert exit_info.value.code == 0 and "--rejected_per_clip" in capsys.readouterr().out

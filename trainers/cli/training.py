@@ -22,18 +22,13 @@ def training_run(name: str) -> tuple[type, type, Callable]:
     from transformers import TrainingArguments
 
     if name == "train-preference":
-        from trainers.training.train_preference import INSTALL_HINT, PreferenceArguments, train_preference
+        from processing.errors import UserInputError
+        from trainers.training.train_preference import PreferenceArguments, dpo_config_class, train_preference
 
         try:
-            from trl import DPOConfig
-        except ImportError:
-            from processing.errors import UserInputError
-
-            def trl_missing(*_) -> None:
-                raise UserInputError(INSTALL_HINT)
-
-            return PreferenceArguments, TrainingArguments, trl_missing
-        return PreferenceArguments, DPOConfig, train_preference
+            return PreferenceArguments, dpo_config_class(), train_preference
+        except UserInputError:  # parse with the plain arguments; running says what to install
+            return PreferenceArguments, TrainingArguments, lambda *_: dpo_config_class()
 
     from trainers.training import EmotionAlignmentArguments, SemanticAlignmentArguments, train_emotion, train_semantic
 

@@ -20,7 +20,6 @@ from transformers.trainer_utils import get_last_checkpoint
 from modeling_blsp_emo.prompts import EMOTION_CONTINUATION_INSTRUCTION, SEMANTIC_TARGET_INSTRUCTION
 from processing.augmentation import RandomLevel
 from processing.collators import SpeechContinuationCollator
-from processing.errors import UserInputError
 from processing.manifests import read_manifest
 from processing.resume import check_settings
 from processing.synthetic.synth_corpus import synthesize_corpus
@@ -38,7 +37,7 @@ from trainers.demo.report import write_report
 from trainers.evaluation.head_calibration import calibrate_checkpoint
 from trainers.training.emotion_alignment import EmotionAlignmentTrainer, LoraSettings, finalize, prepare_for_emotion_alignment
 from trainers.training.semantic_alignment import SemanticAlignmentTrainer
-from trainers.training.train_preference import INSTALL_HINT, PreferenceArguments, train_preference
+from trainers.training.train_preference import PreferenceArguments, dpo_config_class, train_preference
 
 logger = logging.getLogger(__name__)
 
@@ -250,13 +249,8 @@ class Demo:
     def train_preference(self) -> None:
         """Stage 3: DPO from the stage-2 checkpoint on pairs of the training clips' stage-2 targets
         (one rejected continuation per clip), saved as `final_preference`."""
-        try:
-            from trl import DPOConfig
-        except ImportError as error:
-            raise UserInputError(INSTALL_HINT) from error
-
         settings = self.settings
-        training = DPOConfig(
+        training = dpo_config_class()(
             output_dir=str(self.path("final_preference")), max_steps=settings.preference_steps,
             learning_rate=settings.preference_learning_rate, beta=settings.preference_beta,
             per_device_train_batch_size=max(1, settings.batch_size // 2), warmup_steps=max(1, settings.preference_steps // 10),

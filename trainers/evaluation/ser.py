@@ -129,12 +129,9 @@ def _predict_batch(
         check_finite(torch.stack(generated.logits), "raw logits of the answers to the SER query")
         new_tokens = generated.sequences[:, inputs["input_ids"].shape[1] :]
         answers = [answer.strip() for answer in processor.batch_decode(new_tokens, skip_special_tokens=True)]
-    features = inputs["input_features"].to(model.dtype)
-    if isinstance(model, BlspEmoForAudioClassification):  # the fast path: no LLM loaded
-        logits = model(features, inputs["feature_attention_mask"], inputs["audio_item_index"]).logits
-    else:
-        embeds, lengths = model.model.get_audio_features(features, inputs["feature_attention_mask"])
-        logits = model.classify_emotion(embeds, lengths, inputs["audio_item_index"])  # raises on NaN/inf
+    # Both the full model and the fast path (`BlspEmoForAudioClassification`, no LLM) have these.
+    embeds, lengths = model.model.get_audio_features(inputs["input_features"].to(model.dtype), inputs["feature_attention_mask"])
+    logits = model.classify_emotion(embeds, lengths, inputs["audio_item_index"])  # raises on NaN/inf
     return [
         {
             "answer": answer,

@@ -18,6 +18,15 @@ if TYPE_CHECKING:
 INSTALL_HINT = "stage 3 needs trl, which is not installed: pip install 'blsp-emo[preference]'"
 
 
+def dpo_config_class() -> type["DPOConfig"]:
+    """trl's `DPOConfig`, or a `UserInputError` saying which extra to install."""
+    try:
+        from trl import DPOConfig
+    except ImportError as error:
+        raise UserInputError(INSTALL_HINT) from error
+    return DPOConfig
+
+
 @dataclass
 class PreferenceArguments:
     model: str = field(metadata={"help": "stage-2 BLSP-Emo checkpoint (from `blsp-emo train-emotion`)"})

@@ -3,12 +3,19 @@ give the same losses and gradients as the plain computation."""
 
 import pytest
 import torch
+from torch.nn import functional as F
 from transformers import TrainingArguments
 
 from modeling_blsp_emo.prompts import EMOTION_CONTINUATION_INSTRUCTION, SEMANTIC_TARGET_INSTRUCTION
-from processing.collators import SpeechContinuationCollator
+from processing.collators import IGNORE_INDEX, SpeechContinuationCollator
 from trainers.training.emotion_alignment import EmotionAlignmentTrainer, LoraSettings, prepare_for_emotion_alignment
-from trainers.training.losses import distillation_kl, predicted_tokens, predicting_positions
+from trainers.training.losses import (
+    chunked_cross_entropy,
+    chunked_distillation_kl,
+    distillation_kl,
+    predicted_tokens,
+    predicting_positions,
+)
 from trainers.training.semantic_alignment import SemanticAlignmentTrainer
 
 from conftest import noise
@@ -141,3 +148,37 @@ def test_a_trainable_lm_head_is_refused(processor, tmp_path):
     trainer.model.lm_head.weight.requires_grad_(True)
     with pytest.raises(ValueError, match="the LM head is trainable"):
         trainer.compute_loss(trainer.model, dict(batch))
+
+
+def softcapped_head(weight: torch.Tensor):
+    """A frozen LM head with Gemma-style soft-capping: `compute_logits` ends in a nonlinearity."""
+    return lambda hidden: torch.tanh(hidden @ weight.T / 3.0) * 3.0
+
+
+@pytest.mark.parametrize("chunk_size", [None, 1, 3])
+@pytest.mark.parametrize("capped", [False, True])
+def test_chunked_losses_match_autograd_of_the_plain_formulas(chunk_size, capped):
+    """The in-place analytic gradients of the chunked KL and cross-entropy equal autograd through the
+    plain formulas, also with uneven chunks, ignored targets and a soft-capped head."""
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(11, 6, generator=generator)
+    head = softcapped_head(weight) if capped else (lambda hidden: hidden @ weight.T)
+    student = torch.randn(7, 6, generator=generator, requires_grad=True)
+    teacher = torch.randn(7, 6, generator=generator)
+    targets = torch.tensor([3, IGNORE_INDEX, 0, 10, IGNORE_INDEX, 5, 1])
+
+    kl, agreement = chunked_distillation_kl(student, teacher, head, 2.0, chunk_size)
+    (kl_grad,) = torch.autograd.grad(kl, student)
+    plain_kl = distillation_kl(head(teacher), head(student), 2.0)
+    (plain_kl_grad,) = torch.autograd.grad(plain_kl, student)
+    torch.testing.assert_close(kl, plain_kl)
+    torch.testing.assert_close(kl_grad, plain_kl_grad)
+    assert agreement == (head(teacher).argmax(-1) == head(student).argmax(-1)).float().mean()
+
+    ce = chunked_cross_entropy(student, targets, head, chunk_size)
+    (ce_grad,) = torch.autograd.grad(ce, student)
+    plain_ce = F.cross_entropy(head(student), targets, ignore_index=IGNORE_INDEX)
+    (plain_ce_grad,) = torch.autograd.grad(plain_ce, student)
+    torch.testing.assert_close(ce, plain_ce)
+    torch.testing.assert_close(ce_grad, plain_ce_grad)
+    assert ce_grad[targets == IGNORE_INDEX].abs().max() == 0

@@ -78,9 +78,14 @@ def lm_head_inputs(model: nn.Module) -> Iterator[list[torch.Tensor]]:
 class _ChunkedHeadLoss(torch.autograd.Function):
     """`sum over chunks of chunk_loss(compute_logits(hidden[rows]), rows)` for row chunks of `hidden`.
 
-    The gradient with respect to `hidden` is computed chunk by chunk during the forward (each chunk's
-    logits live only inside its iteration) and merely scaled in the backward: no logits are kept for
-    the backward, and none are recomputed. The LM head must be frozen (checked by the callers).
+    `chunk_loss(logits, rows, needs_grad)` returns the chunk's loss and, when `needs_grad`, its gradient
+    with respect to the logits, computed analytically and in place in `logits`' memory (it owns that
+    tensor): at a 150k vocabulary, every fresh `(chunk, vocabulary)` tensor costs more in page faults
+    than the arithmetic on it. The gradient then goes through `compute_logits` (the LM head) to `hidden`
+    during the forward; the backward merely scales it. No logits are kept for the backward and none are
+    recomputed. The LM head must be frozen (checked by the callers), and `compute_logits` must not keep
+    its own output for its backward (a linear head with scaling or soft-capping does not; autograd
+    raises if one does).
     """
 
     @staticmethod
@@ -92,10 +97,12 @@ class _ChunkedHeadLoss(torch.autograd.Function):
             rows = slice(start, start + chunk_size)
             with torch.set_grad_enabled(needs_grad):
                 chunk = hidden[rows].detach().requires_grad_(needs_grad)
-                loss = chunk_loss(compute_logits(chunk), rows)
+                logits = compute_logits(chunk)
+            with torch.no_grad():
+                loss, grad_logits = chunk_loss(logits.detach(), rows, needs_grad)
             if needs_grad:
-                (grad[rows],) = torch.autograd.grad(loss, chunk)
-            total += loss.detach()
+                (grad[rows],) = torch.autograd.grad(logits, chunk, grad_logits)
+            total += loss
         ctx.save_for_backward(grad)
         return total
 
@@ -124,19 +131,27 @@ def chunked_distillation_kl(
     chunk_size: int | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`distillation_kl` of the logits of `(positions, hidden)` student and teacher hidden states, and
-    the teacher-student argmax agreement, `chunk_size` positions at a time (`None`: all at once). Equals computing
-    all logits at once up to float rounding."""
+    the teacher-student argmax agreement, `chunk_size` positions at a time (`None`: all at once). Equals
+    `distillation_kl` on all logits at once up to float rounding; its gradient with respect to the student
+    logits, `(softmax(student / T) - softmax(teacher / T)) / (T * tokens)`, is formed in place."""
     agreements = []
-    num_tokens = student_hidden.shape[0]
+    num_tokens = max(student_hidden.shape[0], 1)
 
-    def chunk_kl(student_logits: torch.Tensor, rows: slice) -> torch.Tensor:
-        with torch.no_grad():
-            teacher_logits = compute_logits(teacher_hidden[rows])
-        agreements.append((teacher_logits.argmax(-1) == student_logits.argmax(-1)).sum())
-        return distillation_kl(teacher_logits, student_logits, temperature, num_tokens)
+    def chunk_kl(student: torch.Tensor, rows: slice, needs_grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        teacher = compute_logits(teacher_hidden[rows]).float()
+        student = student.float()
+        agreements.append((teacher.argmax(-1) == student.argmax(-1)).sum())
+        student_log_probs = torch.log_softmax(student.div_(temperature), -1, out=student)
+        teacher_log_probs = torch.log_softmax(teacher.div_(temperature), -1, out=teacher)
+        teacher_probs = teacher_log_probs.exp()
+        log_ratio = teacher_log_probs.sub_(student_log_probs)
+        kl = torch.dot(teacher_probs.view(-1), log_ratio.view(-1)) / num_tokens
+        if not needs_grad:
+            return kl, None
+        return kl, student_log_probs.exp_().sub_(teacher_probs).div_(temperature * num_tokens)
 
-    kl = _ChunkedHeadLoss.apply(student_hidden, compute_logits, chunk_kl, chunk_size or max(num_tokens, 1))
-    agreement = torch.stack(agreements).sum() / max(num_tokens, 1) if agreements else kl.new_zeros(())
+    kl = _ChunkedHeadLoss.apply(student_hidden, compute_logits, chunk_kl, chunk_size or num_tokens)
+    agreement = torch.stack(agreements).sum() / num_tokens if agreements else kl.new_zeros(())
     return kl, agreement
 
 
@@ -147,10 +162,22 @@ def chunked_cross_entropy(
     chunk_size: int | None,
 ) -> torch.Tensor:
     """Mean cross-entropy of the logits of `(positions, hidden)` states against `targets` `(positions,)`
-    (`IGNORE_INDEX` ignored), `chunk_size` positions at a time (`None`: all at once)."""
+    (`IGNORE_INDEX` ignored), `chunk_size` positions at a time (`None`: all at once). Its gradient with
+    respect to the logits, `(softmax - one_hot) / count` on the labelled rows, is formed in place."""
     count = max(int((targets != IGNORE_INDEX).sum()), 1)
 
-    def chunk_ce(logits: torch.Tensor, rows: slice) -> torch.Tensor:
-        return F.cross_entropy(logits.float(), targets[rows], ignore_index=IGNORE_INDEX, reduction="sum") / count
+    def chunk_ce(logits: torch.Tensor, rows: slice, needs_grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        chunk_targets = targets[rows]
+        labelled = chunk_targets != IGNORE_INDEX
+        safe_targets = chunk_targets.masked_fill(~labelled, 0)[:, None]
+        logits = logits.float()
+        log_probs = torch.log_softmax(logits, -1, out=logits)
+        target_log_probs = log_probs.gather(-1, safe_targets)[:, 0]
+        loss = -(target_log_probs * labelled).sum() / count
+        if not needs_grad:
+            return loss, None
+        grad = log_probs.exp_()
+        grad.scatter_add_(-1, safe_targets, -labelled[:, None].to(grad.dtype))
+        return loss, grad.mul_(labelled[:, None].to(grad.dtype) / count)
 
     return _ChunkedHeadLoss.apply(hidden, compute_logits, chunk_ce, chunk_size or max(hidden.shape[0], 1))

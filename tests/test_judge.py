@@ -10,6 +10,7 @@ from trainers.evaluation.judge import (
     emotion_agreement,
     judge_emotions,
     judge_on_topic,
+    on_topic_chance,
 )
 from trainers.evaluation.replies import generate_replies, repeats_ngram, repetition_share, sentence_retrieval
 
@@ -55,17 +56,29 @@ def test_options_must_start_with_distinct_tokens():
         judge.choose(["q"], ["hello", "hello world"])
 
 
-def test_on_topic_asks_with_transcript_and_reply():
+def test_on_topic_compares_the_own_transcript_with_rivals():
+    """A reply is on topic when the judge finds it more about its own transcript than about each rival;
+    a reply the judge says "yes" to whatever the transcript (generic) is not."""
     seen = []
 
     class Scripted:
         def choose(self, questions, options, desc=""):
             seen.extend(questions)
-            return [{"yes": 0.9, "no": 0.1} if "bakery" in q.split("Then")[1] else {"yes": 0.2, "no": 0.8} for q in questions]
+            scores = []
+            for question in questions:
+                said, reply = question.split('"')[1], question.split('"')[3]
+                shared = len(set(said.split()) & set(reply.split()))
+                scores.append({"yes": 0.9 if reply.startswith("I'm so sorry") else 0.2 + 0.1 * shared, "no": 0.1})
+            return scores
 
-    verdicts = judge_on_topic(Scripted(), ["the bakery opens", "the bakery opens"], ["bread at the bakery", "a fireplace"])
-    assert verdicts == [True, False]
-    assert '"the bakery opens"' in seen[0] and '"a fireplace"' in seen[1]
+    transcripts = ["the bakery opens", "the flight was late", "a puppy at the shelter", "rain in the park", "the bakery opens"]
+    replies = ["fresh bakery bread", "a fireplace", "the puppy sleeps", "I'm so sorry for your loss.", "the flight was fine"]
+    assert judge_on_topic(Scripted(), transcripts, replies) == [True, False, True, False, False]
+    assert len(seen) == 4 * len(replies)  # own transcript + 3 rivals each
+    assert '"the bakery opens"' in seen[0] and '"the flight was late"' in seen[1]
+    assert on_topic_chance(transcripts) == 0.25
+    assert judge_on_topic(Scripted(), ["only one", "only one"], ["x", "y"]) == [True, True]
+    assert on_topic_chance(["only one"]) == 1.0
 
 
 def test_binomial_tail_and_agreement():

@@ -4,8 +4,23 @@ judge's calibration on texts whose answer is known."""
 
 from collections.abc import Sequence
 
-from trainers.evaluation.judge import WordChoiceJudge, emotion_agreement, judge_emotions, judge_on_topic
+from trainers.evaluation.judge import (
+    WordChoiceJudge,
+    emotion_agreement,
+    judge_emotions,
+    judge_on_topic,
+    on_topic_chance,
+)
 from trainers.evaluation.replies import repetition_share
+
+# Replies that would fit any sentence, as small models give them: the judge should not find them on
+# topic more often than chance.
+GENERIC_REPLIES = (
+    "I'm so sorry for your loss.",
+    "That's wonderful news! I'm so happy for you.",
+    "The tone of the sentence is a mix of a positive and a negative emotion.",
+    "Oh no, that sounds really frustrating.",
+)
 
 
 def judge_replies(judge: WordChoiceJudge, rows: Sequence[dict], replies: dict[str, list[str]], labels: Sequence[str]) -> dict:
@@ -20,6 +35,7 @@ def judge_replies(judge: WordChoiceJudge, rows: Sequence[dict], replies: dict[st
         results[name] = {
             "emotion": emotion_agreement(emotions, truth, 1 / len(labels)),
             "on_topic": sum(on_topic) / max(len(on_topic), 1),
+            "on_topic_chance": on_topic_chance(transcripts),
             "repetition": repetition_share(texts),
             "judged_emotions": emotions,
             "judged_on_topic": on_topic,
@@ -35,17 +51,20 @@ def judge_calibration(
     labels: Sequence[str],
 ) -> dict:
     """The judge on texts whose answer is known: the writer's emotion-aware targets of `sentences`
-    (labelled with the emotion they were written for) and each sentence's own continuation vs the
-    next sentence's (on topic / off topic)."""
+    (labelled with the emotion they were written for), each sentence's own continuation vs the next
+    sentence's (on topic / off topic) and replies that fit any sentence (`GENERIC_REPLIES`: chance)."""
     pairs = [(text, label) for text in sentences for label in labels if (text, label) in emotion_targets]
     judged = judge_emotions(judge, [emotion_targets[pair] for pair in pairs], labels)
     known = [text for text in sentences if text in continuations]
     shifted = known[1:] + known[:1]
     own = judge_on_topic(judge, known, [continuations[text] for text in known])
     other = judge_on_topic(judge, known, [continuations[text] for text in shifted]) if len(known) > 1 else []
+    generic = judge_on_topic(judge, known, [GENERIC_REPLIES[i % len(GENERIC_REPLIES)] for i in range(len(known))])
     return {
         "writer_targets_emotion": emotion_agreement(judged, [label for _, label in pairs], 1 / len(labels)),
         "on_topic_own_continuation": sum(own) / max(len(own), 1),
         "on_topic_other_sentence": sum(other) / max(len(other), 1) if other else None,
+        "on_topic_generic_reply": sum(generic) / max(len(generic), 1),
+        "on_topic_chance": on_topic_chance(known) if known else None,
         "sentences": len(known),
     }

@@ -132,7 +132,9 @@ def reply_section(results: dict, random_level: bool) -> list[str]:
         "",
         "Each held-out clip's continuation (given the speech and the stage-2 instruction) is read by the judge "
         "LLM, which names the emotion it expresses (from the label words' probabilities) and says whether it "
-        "is about the sentence spoken.",
+        "is about the sentence spoken: on topic means the judge finds the reply more about its own sentence "
+        "than about each of three other test sentences (a reply that fits any sentence: chance, "
+        f"{percent(next(iter(judged.values())).get('on_topic_chance'))}).",
         "",
         "| replies | judged emotion = true emotion | p (binomial, vs chance) | on topic | repeat a 4-gram |",
         "| --- | --- | --- | --- | --- |",
@@ -147,8 +149,9 @@ def reply_section(results: dict, random_level: bool) -> list[str]:
         "",
         f"Judge calibration: on the writer's emotion-aware targets of the test sentences it names the intended "
         f"emotion {percent(writer['accuracy'])} of the time ({writer['clips']} targets); it calls a sentence's own "
-        f"continuation on topic {percent(calibration['on_topic_own_continuation'])} and another sentence's "
-        f"{percent(calibration['on_topic_other_sentence'])}.",
+        f"continuation on topic {percent(calibration['on_topic_own_continuation'])}, another sentence's "
+        f"{percent(calibration['on_topic_other_sentence'])} and replies that fit any sentence "
+        f"{percent(calibration.get('on_topic_generic_reply'))}.",
         "",
     ]
     return lines

@@ -1,6 +1,7 @@
 """An LLM judge that answers by choosing one of a few words, scored from the probabilities of those
 words' first tokens (so it never gives an unparseable answer), and the measures built on it: the
-emotion a reply expresses, and whether a reply is about what was said.
+emotion a reply expresses, and whether a reply is about what was said (rather than about other
+things that were said).
 
 Each measure comes with its calibration: the same judge on texts whose answer is known (the
 writer's emotion-aware targets; a sentence's own continuation vs another sentence's).
@@ -22,6 +23,7 @@ TOPIC_QUESTION = (
     'Someone said: "{transcript}"\nThen this was written: "{reply}"\n\n'
     "Is the second text about the same subject as what was said? Answer with exactly one word: yes or no."
 )
+TOPIC_RIVALS = 3  # other transcripts each reply is compared against (chance: 1 in 4)
 
 
 @dataclass
@@ -67,10 +69,36 @@ def judge_emotions(judge: WordChoiceJudge, replies: Sequence[str], labels: Seque
     return [best(scores) for scores in judge.choose(questions, labels, desc="judging emotion")]
 
 
-def judge_on_topic(judge: WordChoiceJudge, transcripts: Sequence[str], replies: Sequence[str]) -> list[bool]:
-    """Whether the judge finds each reply about its transcript."""
-    questions = [TOPIC_QUESTION.format(transcript=t.strip(), reply=r.strip()) for t, r in zip(transcripts, replies)]
-    return [best(scores) == "yes" for scores in judge.choose(questions, ["yes", "no"], desc="judging topic")]
+def judge_on_topic(
+    judge: WordChoiceJudge, transcripts: Sequence[str], replies: Sequence[str], rivals: int = TOPIC_RIVALS
+) -> list[bool]:
+    """Whether each reply is about its own transcript rather than about other transcripts.
+
+    Small judges say "yes" to most pairs, generic or not ("I'm so sorry for your loss.", "The tone of
+    the sentence is neutral."), so the yes-probability is compared, not thresholded: a reply is on
+    topic when the judge gives its own transcript a strictly higher yes-probability than each of
+    `rivals` other distinct transcripts of the set (the next ones, cyclically). A reply that would fit
+    any sentence is on topic only by chance, about `1 / (rivals + 1)` of the time (`on_topic_chance`).
+    """
+    distinct = list(dict.fromkeys(t.strip() for t in transcripts))
+    rivals = min(rivals, len(distinct) - 1)
+    candidates = []
+    for transcript in transcripts:
+        start = distinct.index(transcript.strip())
+        candidates.append([distinct[(start + k) % len(distinct)] for k in range(rivals + 1)])
+    questions = [
+        TOPIC_QUESTION.format(transcript=candidate, reply=reply.strip())
+        for reply, row in zip(replies, candidates)
+        for candidate in row
+    ]
+    yes = [scores["yes"] for scores in judge.choose(questions, ["yes", "no"], desc="judging topic")]
+    width = rivals + 1
+    return [all(yes[i * width] > other for other in yes[i * width + 1 : (i + 1) * width]) for i in range(len(replies))]
+
+
+def on_topic_chance(transcripts: Sequence[str], rivals: int = TOPIC_RIVALS) -> float:
+    """The on-topic rate of replies that fit any transcript equally (ties aside): one in `rivals + 1`."""
+    return 1 / (min(rivals, len(set(t.strip() for t in transcripts)) - 1) + 1)
 
 
 def binomial_tail(successes: int, trials: int, chance: float) -> float:

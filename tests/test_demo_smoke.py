@@ -72,6 +72,9 @@ def test_demo_runs_end_to_end_and_resumes(pretrained_parts, voice_corpus, tmp_pa
     assert final_config["emotion_temperature"] == pytest.approx(calibration["temperature"])
     report = (tmp_path / "demo" / "report.md").read_text()
     assert "expected calibration error on the 5 held-out clips" in report
+    warm_start = json.loads((tmp_path / "demo" / "head_warm_start.json").read_text())
+    assert warm_start["clips"] > 0 and "the emotion head was fitted alone" in report
+    assert "judge finds the reply more about its own sentence" in report and "replies that fit any sentence" in report
     assert "## What the models say, read by a judge" in report and "## Prosody, not level" in report
     assert "the LLM that wrote them" in report
     assert report.count("| stage 2 + preference (DPO) |") == 3  # SER, prosody and judged-replies tables

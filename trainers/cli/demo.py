@@ -23,6 +23,8 @@ def add_commands(commands) -> None:
     demo.add_argument("--judge", help="LLM that reads the replies for the judged measures (default: none)")
     demo.add_argument("--random-level", dest="random_level", action="store_true", default=None,
                       help="train stage 2 on clips at random peak levels (prosody, not loudness)")
+    demo.add_argument("--no-warm-start-head", dest="warm_start_head", action="store_false", default=None,
+                      help="start stage 2 with a fresh emotion head instead of one fitted on the stage-1 model's embeddings")
     demo.add_argument("--preference-steps", dest="preference_steps", type=int,
                       help="stage 3: DPO steps on emotion preference pairs after stage 2 (needs trl; default 0: skipped)")
     demo.set_defaults(handler=run_demo)

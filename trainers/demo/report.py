@@ -29,6 +29,7 @@ def write_report(root: Path, *, encoder: str, llm: str, random_level: bool = Fal
         "",
         *ser_section(results),
         *reply_section(results, random_level),
+        *warm_start_lines(root / "head_warm_start.json"),
         *training_sections(results["stage1_kl"]),
         *examples_section(examples),
         *timings_section(timings),
@@ -95,6 +96,19 @@ def calibration_lines(calibration: dict | None) -> list[str]:
         f"Emotion-head scores: temperature {calibration['temperature']:.2f}, fitted on {calibration['clips']} "
         f"validation clips and stored in the checkpoint; expected calibration error on the "
         f"{held_out['clips']} held-out clips {held_out['ece_before']:.3f} before, {held_out['ece_after']:.3f} after.",
+        "",
+    ]
+
+
+def warm_start_lines(path: Path) -> list[str]:
+    """How the emotion head started stage 2: fitted alone on the stage-1 model's embeddings, or fresh."""
+    if not path.exists():
+        return ["Stage 2 started from a fresh emotion head (`--no-warm-start-head`).", ""]
+    fit = json.loads(path.read_text())
+    return [
+        f"Before stage 2 the emotion head was fitted alone on the stage-1 model's pooled speech embeddings of "
+        f"{fit['clips']} training clips (linear probing; training accuracy {percent(fit['train_accuracy'])}), then "
+        "trained on with everything else.",
         "",
     ]
 

@@ -36,6 +36,7 @@ from trainers.demo.evaluation import evaluate_demo, held_out_clips, pipeline_exa
 from trainers.demo.report import write_report
 from trainers.evaluation.head_calibration import calibrate_checkpoint
 from trainers.training.emotion_alignment import EmotionAlignmentTrainer, LoraSettings, finalize, prepare_for_emotion_alignment
+from trainers.training.head_warm_start import warm_start_emotion_head
 from trainers.training.semantic_alignment import SemanticAlignmentTrainer
 from trainers.training.train_preference import PreferenceArguments, dpo_config_class, train_preference
 
@@ -78,6 +79,10 @@ class DemoSettings:
     judge: str | None = None
     helper_dtype: str = "bfloat16"  # writer and judge: half the memory traffic of float32 on CPUs
     random_level: bool = False
+    # Fit the emotion head alone on the stage-1 model's pooled speech embeddings before stage 2 (linear
+    # probing, then fine-tuning): stage 2 sees each clip about once, too little for a fresh head.
+    warm_start_head: bool = True
+    warm_start_copies: int = 2  # random-level copies of each clip for the fit (with random_level)
     reply_tokens: int = 32
     lora_rank: int = 8
     # Stage 3 (optional, needs trl): DPO steps on emotion preference pairs after stage 2; 0 skips it.
@@ -229,9 +234,15 @@ class Demo:
 
     def train_stage2(self) -> None:
         model, processor = load_blsp_emo(str(self.path("stage1")))
+        augment = RandomLevel(seed=self.settings.seed) if self.settings.random_level else None
+        if self.settings.warm_start_head:
+            fit = warm_start_emotion_head(
+                model, processor, self.split("train"), augment=augment, batch_size=self.settings.batch_size,
+                copies=self.settings.warm_start_copies if augment else 1,
+            )  # fmt: skip
+            self.path("head_warm_start.json").write_text(json.dumps(fit, indent=2))
         lora = LoraSettings(scope="audio", rank=self.settings.lora_rank, alpha=self.settings.lora_rank)
         trained = prepare_for_emotion_alignment(model, lora)
-        augment = RandomLevel(seed=self.settings.seed) if self.settings.random_level else None
         collator = SpeechContinuationCollator(
             processor, EMOTION_CONTINUATION_INSTRUCTION, label2id=model.config.label2id, augment=augment
         )

@@ -104,6 +104,16 @@ def test_bend_spec_turns_absolute_glides_into_sox_delays():
         "bend", "0.500,300,0.500", "0.000,-300,0.500", "0.500,500,0.400"]  # fmt: skip
 
 
+def test_sox_effects_tilt_the_spectrum_bright_for_angry_and_dark_for_sad():
+    from processing.synthetic.tts_engines import PROSODY, Jitter, _SoxWork, sox_effects
+
+    def treble(emotion):
+        effects = sox_effects(_SoxWork(0.0, 1.0, 1.0), PROSODY[emotion], Jitter(), (0.1, 2.0))
+        return float(effects[effects.index("treble") + 1]) if "treble" in effects else 0.0
+
+    assert treble("angry") > 0 > treble("sad") and treble("neutral") == 0.0
+
+
 def test_espeak_ssml_escapes_text_and_raises_the_last_words():
     from processing.synthetic.tts_engines import PROSODY
 

@@ -4,7 +4,7 @@ Every engine runs as a separate program (Piper and espeak-ng are GPL-3.0; nothin
 them): Piper neural TTS (`python -m piper`), Debian's flite and Debian's espeak-ng. An emotion is a
 set of engine-independent prosody targets (`EmotionProsody`); each engine realises what it can with
 its own controls and `render_clips` does the rest with sox (pitch shift, pitch contour, tempo,
-compression, tremolo), resamples to 16 kHz mono and sets the loudness.
+compression, spectral tilt, tremolo), resamples to 16 kHz mono and sets the loudness.
 """
 
 import importlib.util
@@ -46,7 +46,8 @@ class EmotionProsody:
     own); `rate` scales the speaking rate (>1 faster); `level_dbfs` is the speech RMS level of the
     finished clip; `final_rise_cents` glides the pitch up over the last `_FINAL_RISE_SECONDS` of
     speech; `tension` (0-1) adds compression and mild overdrive; `tremolo` (0-1) is the depth of a
-    slow amplitude wobble.
+    slow amplitude wobble; `brightness_db` tilts the spectrum (a sox `treble` shelf at 3 kHz: > 0
+    brighter and more strained, < 0 darker and more muffled).
     """
 
     pitch_cents: float = 0.0
@@ -56,21 +57,24 @@ class EmotionProsody:
     final_rise_cents: float = 0.0
     tension: float = 0.0
     tremolo: float = 0.0
+    brightness_db: float = 0.0
 
 
 # Classic acoustic correlates of emotion (Scherer 2003; Murray & Arnott 1993): happy is higher,
-# livelier and faster; angry loud, fast and tense; sad low, flat, slow and quiet; surprise very
-# high with a rising end. Strong enough to separate, mild enough to keep the words intelligible.
-# Pitch is relative to each voice, so to an unseen voice it says little on its own; the level is
-# the one cue that holds across voices. Levels are therefore at least 4 dB apart (twice the ±1.5 dB
-# jitter; 8 dB between happy and angry, the pair most often confused) and low enough that the 0.97
-# peak limit of `set_level` seldom lowers them.
+# livelier, faster and brighter; angry loud, fast, tense and bright; sad low, flat, slow, quiet and
+# dark; surprise very high and slower with a strongly rising end. Strong enough to separate, mild
+# enough to keep the words intelligible. Levels are at least 4 dB apart (twice the ±1.5 dB jitter)
+# and low enough that the 0.97 peak limit of `set_level` seldom lowers them, but level is not meant
+# to be the cue a model leans on (a recording's gain says little about the voice): pitch, range,
+# rate and spectral tilt (`brightness_db`) are strong enough that a classifier on frozen Whisper
+# tiny.en features trained at random peak levels separates the emotions of held-out voices and
+# sentences with every clip peak-normalized (benchmarks/p7_corpus_level_probe.py).
 PROSODY = {
     "neutral": EmotionProsody(level_dbfs=-30.0),
-    "happy": EmotionProsody(pitch_cents=300, range_factor=1.5, rate=1.12, level_dbfs=-22.0),
-    "angry": EmotionProsody(pitch_cents=100, range_factor=1.3, rate=1.15, level_dbfs=-14.0, tension=1.0),
-    "sad": EmotionProsody(pitch_cents=-250, range_factor=0.5, rate=0.78, level_dbfs=-36.0, tremolo=0.12),
-    "surprise": EmotionProsody(pitch_cents=500, range_factor=1.4, rate=1.0, level_dbfs=-26.0, final_rise_cents=500),
+    "happy": EmotionProsody(pitch_cents=450, range_factor=2.0, rate=1.22, level_dbfs=-22.0, brightness_db=5.0),
+    "angry": EmotionProsody(pitch_cents=100, range_factor=1.3, rate=1.2, level_dbfs=-14.0, tension=1.0, brightness_db=6.0),
+    "sad": EmotionProsody(pitch_cents=-300, range_factor=0.5, rate=0.72, level_dbfs=-36.0, tremolo=0.15, brightness_db=-8.0),
+    "surprise": EmotionProsody(pitch_cents=600, range_factor=1.5, rate=0.9, level_dbfs=-26.0, final_rise_cents=900, brightness_db=2.0),
 }
 
 _FINAL_RISE_SECONDS = 0.45
@@ -325,6 +329,8 @@ def sox_effects(work: _SoxWork, prosody: EmotionProsody, jitter: Jitter, span: t
         # Fast-attack compression lifts the quiet syllables; a little overdrive adds strain.
         effects += ["compand", "0.005,0.12", "6:-70,-70,-40,-20,-20,-8,0,-4", "0"]
         effects += ["overdrive", f"{4.0 * prosody.tension:.1f}", "10"]
+    if prosody.brightness_db:
+        effects += ["treble", f"{prosody.brightness_db:+.1f}"]
     if prosody.tremolo > 0:
         effects += ["tremolo", "5.5", f"{100.0 * prosody.tremolo:.0f}"]
     return effects + ["rate", "-v", str(SAMPLING_RATE)]

@@ -1,5 +1,6 @@
 """Stage 2: emotion labels, augmentation, LoRA scopes, the trainer, saving and fine-tuning."""
 
+import importlib
 import json
 
 import datasets
@@ -17,6 +18,7 @@ from processing.emotion_labels import LabelMapper
 from trainers.checkpoints.builder import save_checkpoint
 from trainers.training.base import load_trained_weights, save_trained_weights
 from trainers.training.emotion_alignment import EmotionAlignmentTrainer, LoraSettings, finalize, prepare_for_emotion_alignment
+from trainers.training.head_warm_start import warm_start_emotion_head
 from trainers.training.train_emotion import EmotionAlignmentArguments, train_emotion
 
 from conftest import noise
@@ -24,6 +26,8 @@ from fresh_process import run_isolated
 from tiny_models import tiny_model, voice_like
 
 EMOTIONS = ["neutral", "happy", "angry", "sad", "surprise"]
+# The module, not the function `trainers.training` re-exports under the same name.
+train_emotion_module = importlib.import_module("trainers.training.train_emotion")
 
 
 @pytest.fixture
@@ -188,19 +192,29 @@ def test_trained_weights_only_save_restores_audio_lora_model(processor, records,
         assert a.equal(b), name
 
 
-def test_fine_tuning_on_a_new_label_set_end_to_end(records, saved_checkpoint, tmp_path):
+def test_fine_tuning_on_a_new_label_set_end_to_end(records, saved_checkpoint, tmp_path, monkeypatch):
+    fits = []
+
+    def recording_warm_start(model, processor, rows, **kwargs):
+        fits.append(warm_start_emotion_head(model, processor, rows, **kwargs))
+        fits.append(model.emotion_head.weight.detach().clone())
+        return fits[0]
+
+    monkeypatch.setattr(train_emotion_module, "warm_start_emotion_head", recording_warm_start)
     new_labels = ["calm", "fearful", "happy", "sad", "angry", "neutral", "disgust"]
     targets = tmp_path / "targets"
     targets.mkdir()
     rows = [{**row, "emotion": new_labels[row["index"]]} for row in records]
     (targets / "targets-00000-of-00001.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     arguments = EmotionAlignmentArguments(model=str(saved_checkpoint), targets=str(targets), labels=",".join(new_labels),
-                                          lora_rank=4, trained_weights_output=str(tmp_path / "small"))
+                                          lora_rank=4, trained_weights_output=str(tmp_path / "small"), warm_start_head=True)
     training = TrainingArguments(output_dir=str(tmp_path / "tuned"), max_steps=2, per_device_train_batch_size=3,
                                  report_to=[], remove_unused_columns=False, use_cpu=True, save_strategy="no")
     train_emotion(arguments, training)
     tuned = BlspEmoForConditionalGeneration.from_pretrained(tmp_path / "tuned")
     assert tuned.config.emotion_labels == new_labels and tuned.emotion_head.weight.shape[0] == 7
+    assert fits[0]["clips"] == len(rows) and fits[1].shape == (7, tuned.config.text_config.hidden_size)
+    assert fits[1].abs().sum() > 0  # the resized head was fitted before training
     assert tuned.config.lora_scope == "audio"
     from transformers import pipeline
 

@@ -13,6 +13,7 @@ from trainers.checkpoints.builder import save_checkpoint
 from trainers.checkpoints.loading import load_blsp_emo
 from trainers.training.base import save_trained_weights
 from trainers.training.emotion_alignment import EmotionAlignmentTrainer, LoraSettings, finalize, prepare_for_emotion_alignment
+from trainers.training.head_warm_start import warm_start_emotion_head
 
 
 @dataclass
@@ -32,6 +33,11 @@ class EmotionAlignmentArguments:
     encoder_learning_rate: float | None = field(
         default=None, metadata={"help": "own learning rate for the Whisper encoder (lower than the LoRA/adapter one)"}
     )
+    warm_start_head: bool = field(
+        default=False,
+        metadata={"help": "first fit the emotion head alone on the model's pooled speech embeddings of the training clips "
+                  "(linear probing; for a fresh or resized head)"},
+    )  # fmt: skip
     augment: bool = field(default=False, metadata={"help": "noise/gain/reverb/filter augmentation of training audio"})
     trained_weights_output: str | None = field(default=None, metadata={"help": "also save only the trained weights here"})
     dtype: str | None = None
@@ -51,6 +57,8 @@ def train_emotion(arguments: EmotionAlignmentArguments, training: TrainingArgume
         raise UserInputError(
             f"labels {sorted(unknown)} are not the model's {model.config.emotion_labels}; pass --labels", path=arguments.targets
         )
+    if arguments.warm_start_head:
+        warm_start_emotion_head(model, processor, train_records, batch_size=training.per_device_train_batch_size)
     lora = LoraSettings(
         arguments.lora_scope, arguments.lora_rank, arguments.lora_alpha, arguments.lora_dropout,
         arguments.lora_target_modules.split(",") if arguments.lora_target_modules else None,

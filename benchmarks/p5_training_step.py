@@ -6,9 +6,11 @@ Whisper-tiny-sized encoder (d 384, 4 layers), a Qwen-v1-shaped LLM (hidden 576, 
 projection, i.e. Qwen's `intermediate_size` 3072, vocabulary 151,936), 237M parameters, random weights,
 fp32; a batch of 8 clips of 2-10 s with ~40 target tokens each.
 
-"release" is the release's algorithm implemented on this model: every clip padded to 30 s (encoder over
-3000 frames), full-vocabulary logits at every position for teacher and student, log-softmax and the KL
-(stage 1) or cross-entropy over the shifted full tensors (stage 2), audio LoRA over the speech segment.
+"release" is the release's algorithm implemented on this model, after its `modeling_blsp2.py`: every clip
+padded to 30 s (encoder over 3000 frames), full-vocabulary logits at every position for teacher and
+student, the response positions selected from them for the KL (stage 1) or from a shifted copy for the
+cross-entropy (stage 2), audio LoRA over the speech segment, and eager attention in the encoder (the
+release's transformers 4.32 Whisper has no SDPA).
 "project" is this package's trainers (`SemanticAlignmentTrainer`, `EmotionAlignmentTrainer`) as
 configured; "+gc" adds gradient checkpointing of the LLM (and encoder) blocks. A step is forward,
 backward and the AdamW update; each configuration runs in its own process, so peak RSS (`ru_maxrss`,
@@ -123,35 +125,32 @@ def make_batch(
 
 
 def release_stage1_loss(model, batch: dict[str, torch.Tensor], temperature: float) -> torch.Tensor:
-    """The release's `response_kl`: full-vocabulary logits at every position of teacher and student,
-    log-softmax over the whole tensors, KL at the response positions averaged over tokens."""
+    """The release's `response_kl`: the LM head makes full-vocabulary logits at every position of teacher
+    and student; the response positions are selected from them and the KL (softmax over the vocabulary at
+    those positions) is averaged over positions ("batchmean")."""
     with torch.no_grad():
         teacher = model(input_ids=batch["teacher_input_ids"], attention_mask=batch["teacher_attention_mask"], use_cache=False)
-        teacher_log_probs = F.log_softmax(teacher.logits.float() / temperature, -1)
     student = model(
         input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], input_features=batch["input_features"],
         feature_attention_mask=batch["feature_attention_mask"], use_cache=False,
     )  # fmt: skip
-    student_log_probs = F.log_softmax(student.logits.float() / temperature, -1)
     # The release compares the distributions at the response tokens themselves (its off-by-one).
-    kl = F.kl_div(
-        student_log_probs[batch["labels"] != IGNORE_INDEX], teacher_log_probs[batch["teacher_labels"] != IGNORE_INDEX],
-        log_target=True, reduction="none",
-    )  # fmt: skip
-    return kl.sum(-1).mean()
+    student_log_probs = F.log_softmax(student.logits[batch["labels"] != IGNORE_INDEX] / temperature, -1)
+    teacher_probs = F.softmax(teacher.logits[batch["teacher_labels"] != IGNORE_INDEX] / temperature, -1)
+    return F.kl_div(student_log_probs, teacher_probs, reduction="batchmean")
 
 
 def release_stage2_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The release's `response_ce` + `input_er`: full logits everywhere, shifted, cross-entropy over the
-    flattened tensor (as in Qwen-v1's modeling code), plus the emotion head's cross-entropy."""
+    """The release's `response_ce` + `input_er`: full logits everywhere, shifted by a contiguous copy, the
+    labelled positions selected and their cross-entropy averaged, plus the emotion head's cross-entropy."""
     outputs = model(
         input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], input_features=batch["input_features"],
         feature_attention_mask=batch["feature_attention_mask"], emotion_labels=batch["emotion_labels"], use_cache=False,
     )  # fmt: skip
     shift_logits = outputs.logits[:, :-1].contiguous()
     shift_labels = batch["labels"][:, 1:].contiguous()
-    response_ce = F.cross_entropy(shift_logits.view(-1, shift_logits.shape[-1]).float(), shift_labels.view(-1))
-    return response_ce + outputs.emotion_loss
+    labelled = shift_labels != IGNORE_INDEX
+    return F.cross_entropy(shift_logits[labelled], shift_labels[labelled]) + outputs.emotion_loss
 
 
 def project_trainer(model, stage: int, gradient_checkpointing: bool, output_dir: str, **trainer_kwargs):
@@ -175,6 +174,10 @@ def step_function(stage: int, variant: str, text_config: dict, audio_config: dic
     """Build the model and batch of one configuration; return `(step, batch)` where `step()` trains once."""
     audio_padding = "max_length" if variant == "release" else "longest"
     model = build_model(text_config, audio_config, audio_padding)
+    if variant == "release":
+        # The release runs transformers 4.32's Whisper encoder, which only has eager attention (SDPA came in
+        # 4.37): its attention probabilities over 1500 positions are materialised and kept for the backward.
+        model.model.audio_encoder.set_attn_implementation("eager")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = model.to(device, dtype).train()
     batch = make_batch(model.config, audio_padding, **batch_kwargs)

@@ -23,7 +23,6 @@ error rate per engine × emotion, the intelligibility check.
 
 import argparse
 import json
-import os
 import time
 from collections import defaultdict
 from pathlib import Path

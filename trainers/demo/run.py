@@ -45,7 +45,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class DemoSettings:
-    """Sizes of a demo run. The defaults fit about 31 minutes on 2 CPU cores; `quick()` a few.
+    """Sizes of a demo run. The defaults fit about 31-39 minutes on 2 CPU cores; `quick()` a few.
 
     `writer` writes the stage-2 (emotion-aware) targets; None means the model's own LLM, as in the
     paper. The paper's LLM (7B) writes emotional continuations itself; the embedded default's

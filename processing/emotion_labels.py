@@ -93,3 +93,13 @@ def parse_label_map(pairs: Sequence[str]) -> dict[str, str]:
             raise UserInputError(f"{pair!r} is not RAW=LABEL (e.g. --label-map ang=angry exc=happy)", field="--label-map")
         aliases[raw.strip()] = label.strip()
     return aliases
+
+
+def check_labelled_rows(rows: Sequence[dict], labels: Sequence[str], purpose: str) -> None:
+    """Raise a `UserInputError` when `rows` (`audio`, `emotion`) are empty or carry an emotion outside
+    `labels` (a model's label set); `purpose` completes "no labelled clips to ..."."""
+    unknown = sorted({str(row["emotion"]) for row in rows} - set(labels))
+    if unknown:
+        raise UserInputError(f"labels {unknown} are not the model's {list(labels)} (map them with --label-map)", field="emotion")
+    if not rows:
+        raise UserInputError(f"no labelled clips to {purpose}")

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from modeling_blsp_emo import BlspEmoForAudioClassification, BlspEmoForConditionalGeneration, BlspEmoProcessor
-from processing.errors import UserInputError
+from processing.emotion_labels import check_labelled_rows
 from trainers.checkpoints.editing import set_config_fields
 from trainers.checkpoints.loading import load_blsp_emo
 from trainers.evaluation.calibration import expected_calibration_error, fit_temperature, temperature_scaled
@@ -26,11 +26,7 @@ def head_logits(
     label ids. Clips that cannot be loaded are left out with a logged count (an `AudioInputError`
     when none can); an emotion the model does not know is a `UserInputError`."""
     labels = model.config.emotion_labels
-    unknown = sorted({str(row["emotion"]) for row in rows} - set(labels))
-    if unknown:
-        raise UserInputError(f"labels {unknown} are not the model's {labels} (map them with --label-map)", field="emotion")
-    if not rows:
-        raise UserInputError("no labelled clips to calibrate on")
+    check_labelled_rows(rows, labels, "calibrate on")
     predictions = predict_emotions(model, processor, [row["audio"] for row in rows], batch_size, errors="return", answers=False)
     kept = readable_indices(predictions, "calibration")
     logits = np.array([predictions[index]["head_logits"] for index in kept], dtype=np.float64)

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from modeling_blsp_emo import BlspEmoForConditionalGeneration, BlspEmoProcessor, load_audio
 from modeling_blsp_emo.modeling_blsp_emo import pool_speech_embeddings
-from processing.errors import UserInputError
+from processing.emotion_labels import check_labelled_rows
 
 logger = logging.getLogger(__name__)
 
@@ -66,11 +66,7 @@ def warm_start_emotion_head(
     `{"clips", "train_accuracy"}`. With `augment`, each clip is seen as `copies` augmented copies (e.g.
     at random levels, so the head cannot lean on loudness)."""
     labels = model.config.emotion_labels
-    unknown = sorted({str(row["emotion"]) for row in rows} - set(labels))
-    if unknown:
-        raise UserInputError(f"labels {unknown} are not the model's {labels}", field="emotion")
-    if not rows:
-        raise UserInputError("no labelled clips to fit the emotion head on")
+    check_labelled_rows(rows, labels, "fit the emotion head on")
     clips = [load_audio(row["audio"], name=f"clip {index}") for index, row in enumerate(rows)]
     if augment is not None:
         clips = [augment(clip) for _ in range(copies) for clip in clips]

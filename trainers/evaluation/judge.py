@@ -80,25 +80,29 @@ def judge_on_topic(
     `rivals` other distinct transcripts of the set (the next ones, cyclically). A reply that would fit
     any sentence is on topic only by chance, about `1 / (rivals + 1)` of the time (`on_topic_chance`).
     """
+    if not transcripts:
+        return []
     distinct = list(dict.fromkeys(t.strip() for t in transcripts))
-    rivals = min(rivals, len(distinct) - 1)
-    candidates = []
-    for transcript in transcripts:
-        start = distinct.index(transcript.strip())
-        candidates.append([distinct[(start + k) % len(distinct)] for k in range(rivals + 1)])
+    position = {transcript: index for index, transcript in enumerate(distinct)}
+    width = _compared_transcripts(distinct, rivals)
     questions = [
-        TOPIC_QUESTION.format(transcript=candidate, reply=reply.strip())
-        for reply, row in zip(replies, candidates)
-        for candidate in row
+        TOPIC_QUESTION.format(transcript=distinct[(position[transcript.strip()] + k) % len(distinct)], reply=reply.strip())
+        for transcript, reply in zip(transcripts, replies)
+        for k in range(width)
     ]
     yes = [scores["yes"] for scores in judge.choose(questions, ["yes", "no"], desc="judging topic")]
-    width = rivals + 1
-    return [all(yes[i * width] > other for other in yes[i * width + 1 : (i + 1) * width]) for i in range(len(replies))]
+    rows = [yes[start : start + width] for start in range(0, len(yes), width)]
+    return [all(row[0] > other for other in row[1:]) for row in rows]
+
+
+def _compared_transcripts(distinct: Sequence[str], rivals: int) -> int:
+    """How many transcripts each reply is scored against: its own and up to `rivals` others."""
+    return min(rivals, len(distinct) - 1) + 1
 
 
 def on_topic_chance(transcripts: Sequence[str], rivals: int = TOPIC_RIVALS) -> float:
     """The on-topic rate of replies that fit any transcript equally (ties aside): one in `rivals + 1`."""
-    return 1 / (min(rivals, len(set(t.strip() for t in transcripts)) - 1) + 1)
+    return 1 / _compared_transcripts(set(t.strip() for t in transcripts), rivals)
 
 
 def binomial_tail(successes: int, trials: int, chance: float) -> float:

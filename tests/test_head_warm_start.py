@@ -66,3 +66,24 @@ def test_warm_start_refuses_unknown_labels_and_no_clips(processor, tmp_path):
         warm_start_emotion_head(model, processor, [{"audio": "x.wav", "emotion": "bored"}])
     with pytest.raises(UserInputError, match="no labelled clips"):
         warm_start_emotion_head(model, processor, [])
+
+
+def test_warm_start_names_a_missing_or_corrupt_clip(processor, tmp_path):
+    from modeling_blsp_emo import AudioInputError
+
+    model = tiny_model()
+    (tmp_path / "corrupt.wav").write_bytes(b"not audio")
+    for name in ("missing.wav", "corrupt.wav"):
+        with pytest.raises(AudioInputError, match=name):
+            warm_start_emotion_head(model, processor, [{"audio": str(tmp_path / name), "emotion": "sad"}])
+
+
+def test_warm_start_refuses_non_finite_embeddings(processor, tmp_path):
+    from modeling_blsp_emo.numerics import NonFiniteOutputError
+
+    model = tiny_model()
+    rows = write_clips(tmp_path, model)
+    with torch.no_grad():
+        next(model.model.adapter.parameters()).fill_(float("nan"))
+    with pytest.raises(NonFiniteOutputError, match="pooled speech embeddings"):
+        warm_start_emotion_head(model, processor, rows)

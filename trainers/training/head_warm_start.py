@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from modeling_blsp_emo import BlspEmoForConditionalGeneration, BlspEmoProcessor, load_audio
 from modeling_blsp_emo.modeling_blsp_emo import pool_speech_embeddings
+from modeling_blsp_emo.numerics import check_finite
 from processing.emotion_labels import check_labelled_rows
 
 logger = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ def pooled_speech_embeddings(
     for start in tqdm(range(0, len(clips), batch_size), desc="speech embeddings", unit="batch", disable=len(clips) <= batch_size):
         inputs = {name: value.to(model.device) for name, value in processor.audio_features(clips[start : start + batch_size]).items()}
         embeds, lengths = model.model.get_audio_features(inputs["input_features"].to(model.dtype), inputs["feature_attention_mask"])
-        pooled.append(pool_speech_embeddings(embeds, lengths, inputs["audio_item_index"]).float())
+        pooled.append(check_finite(pool_speech_embeddings(embeds, lengths, inputs["audio_item_index"]).float(), "pooled speech embeddings"))
     return torch.cat(pooled)
 
 
@@ -67,7 +68,7 @@ def warm_start_emotion_head(
     at random levels, so the head cannot lean on loudness)."""
     labels = model.config.emotion_labels
     check_labelled_rows(rows, labels, "fit the emotion head on")
-    clips = [load_audio(row["audio"], name=f"clip {index}") for index, row in enumerate(rows)]
+    clips = [load_audio(row["audio"]) for row in rows]  # errors name the file
     if augment is not None:
         clips = [augment(clip) for _ in range(copies) for clip in clips]
     label_ids = torch.tensor([labels.index(row["emotion"]) for row in rows] * (len(clips) // len(rows)))

@@ -22,7 +22,7 @@ from .configuration_blsp_emo import BlspEmoConfig
 from .masked_lora import MaskedLoraLinear, add_masked_lora, check_lora_mask_reached_blocks
 from .numerics import check_finite
 from .reply_generation import reply_logits_processors
-from .speech_encoder import check_input_features, encode_padded_to_30s, encode_variable_length
+from .speech_encoder import check_input_features, encode_in_length_groups, encode_padded_to_30s
 from .speech_lengths import WINDOW_FRAMES, embeddings_from_frames
 
 # Inputs that describe the audio of a prompt: needed at prefill only.
@@ -142,7 +142,7 @@ class SpeechEmbeddingMixin:
             frame_lengths = feature_attention_mask.sum(-1).long()
         if bool((frame_lengths < 1).any()):
             raise ValueError("an audio clip has no mel frames (empty audio)")
-        encode = encode_variable_length if self.config.audio_padding == "longest" else encode_padded_to_30s
+        encode = encode_in_length_groups if self.config.audio_padding == "longest" else encode_padded_to_30s
         hidden_states, lengths = encode(self.audio_encoder, input_features, frame_lengths)
         return self.adapter(hidden_states, lengths)
 

@@ -8,8 +8,10 @@ from transformers import TrainingArguments
 
 from modeling_blsp_emo.prompts import EMOTION_CONTINUATION_INSTRUCTION, SEMANTIC_TARGET_INSTRUCTION
 from processing.collators import IGNORE_INDEX, SpeechContinuationCollator
+from trainers.training.base import LOGITS_CHUNK_BYTES, MEMORY_LEAN_CHUNK_SIZE
 from trainers.training.emotion_alignment import EmotionAlignmentTrainer, LoraSettings, prepare_for_emotion_alignment
 from trainers.training.losses import (
+    SCRATCH_ROWS,
     chunked_cross_entropy,
     chunked_distillation_kl,
     distillation_kl,
@@ -143,6 +145,18 @@ def test_training_with_gradient_checkpointing_reaches_the_same_adapter(processor
         torch.testing.assert_close(adapters[1][name], weight, rtol=1e-5, atol=1e-6, msg=name)
 
 
+def test_auto_logits_chunks_are_lean_under_checkpointing_and_sized_by_bytes_otherwise(processor, tmp_path):
+    trainer, _ = stage1(processor, tmp_path)
+    model = trainer.model
+    vocab_size = model.get_output_embeddings().weight.shape[0]
+    assert trainer.logits_chunk_size == "auto"
+    assert trainer.logits_chunk_rows(model) == LOGITS_CHUNK_BYTES // (4 * vocab_size) > MEMORY_LEAN_CHUNK_SIZE
+    model.activation_checkpointing_enable()
+    assert trainer.logits_chunk_rows(model) == MEMORY_LEAN_CHUNK_SIZE
+    trainer.logits_chunk_size = 5
+    assert trainer.logits_chunk_rows(model) == 5
+
+
 def test_a_trainable_lm_head_is_refused(processor, tmp_path):
     trainer, batch = stage1(processor, tmp_path)
     trainer.model.lm_head.weight.requires_grad_(True)
@@ -155,17 +169,20 @@ def softcapped_head(weight: torch.Tensor):
     return lambda hidden: torch.tanh(hidden @ weight.T / 3.0) * 3.0
 
 
-@pytest.mark.parametrize("chunk_size", [None, 1, 3])
+@pytest.mark.parametrize("chunk_size", [None, 1, 3, 12])
 @pytest.mark.parametrize("capped", [False, True])
 def test_chunked_losses_match_autograd_of_the_plain_formulas(chunk_size, capped):
     """The in-place analytic gradients of the chunked KL and cross-entropy equal autograd through the
-    plain formulas, also with uneven chunks, ignored targets and a soft-capped head."""
+    plain formulas, also with uneven chunks (and chunks longer than the KL's scratch rows, with a
+    remainder), ignored targets and a soft-capped head."""
     generator = torch.Generator().manual_seed(0)
     weight = torch.randn(11, 6, generator=generator)
     head = softcapped_head(weight) if capped else (lambda hidden: hidden @ weight.T)
-    student = torch.randn(7, 6, generator=generator, requires_grad=True)
-    teacher = torch.randn(7, 6, generator=generator)
-    targets = torch.tensor([3, IGNORE_INDEX, 0, 10, IGNORE_INDEX, 5, 1])
+    rows = 2 * SCRATCH_ROWS + 3
+    student = torch.randn(rows, 6, generator=generator, requires_grad=True)
+    teacher = torch.randn(rows, 6, generator=generator)
+    targets = torch.randint(0, 11, (rows,), generator=generator)
+    targets[[1, 4, rows - 1]] = IGNORE_INDEX
 
     kl, agreement = chunked_distillation_kl(student, teacher, head, 2.0, chunk_size)
     (kl_grad,) = torch.autograd.grad(kl, student)

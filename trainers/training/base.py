@@ -4,17 +4,20 @@ import logging
 import os
 from collections import defaultdict
 from collections.abc import Iterable
+from typing import Literal
 
 import safetensors.torch
 import torch
-from transformers import Trainer
+from transformers import PreTrainedModel, Trainer
 
 logger = logging.getLogger(__name__)
 
 TRAINED_WEIGHTS_NAME = "trained_weights.safetensors"
-# 128 positions of a 152k vocabulary: ~80 MB per float32 logits tensor, and matrix products large enough
-# to run at full speed.
-DEFAULT_LOGITS_CHUNK_SIZE = 128
+# Positions per logits chunk when `logits_chunk_size="auto"`. Under activation checkpointing (memory
+# first) 128: ~80 MB per float32 logits tensor at a 152k vocabulary. Otherwise as many as fit in
+# LOGITS_CHUNK_BYTES: the LM head's matrix product runs ~20 % faster on 320+ rows than on 128 (2-core CPU).
+MEMORY_LEAN_CHUNK_SIZE = 128
+LOGITS_CHUNK_BYTES = 256 * 2**20
 
 
 def set_trainable(model: torch.nn.Module, prefixes: Iterable[str]) -> list[str]:
@@ -48,18 +51,30 @@ class AlignmentTrainer(Trainer):
     frozen encoder and LLM.
 
     `logits_chunk_size` positions' LM-head logits exist at a time in the loss (`None`: all at once;
-    the result is the same up to float rounding). `TrainingArguments(activation_checkpointing=True)`
+    the result is the same up to float rounding). `"auto"` takes 128 under activation checkpointing,
+    else as many as fit in 256 MB of float32 logits (`logits_chunk_rows`). `TrainingArguments(activation_checkpointing=True)`
     recomputes the LLM and encoder blocks in the backward instead of keeping their activations.
     A fitted emotion temperature is reset to 1.0 (`forget_emotion_calibration`).
     """
 
-    def __init__(self, *args, eval_data_collator=None, logits_chunk_size: int | None = DEFAULT_LOGITS_CHUNK_SIZE, **kwargs):
+    def __init__(
+        self, *args, eval_data_collator=None, logits_chunk_size: int | Literal["auto"] | None = "auto", **kwargs
+    ):
         super().__init__(*args, **kwargs)
         forget_emotion_calibration(self.model)
         self.eval_data_collator = eval_data_collator
         # Positions whose LM-head logits the loss computes at once (None: all); see training/losses.py.
         self.logits_chunk_size = logits_chunk_size
         self._recorded = {"train": defaultdict(list), "eval": defaultdict(list)}
+
+    def logits_chunk_rows(self, model: PreTrainedModel) -> int | None:
+        """The positions per logits chunk for `model` (unwrapped), `logits_chunk_size` resolved."""
+        if self.logits_chunk_size != "auto":
+            return self.logits_chunk_size
+        if model.is_activation_checkpointing:
+            return MEMORY_LEAN_CHUNK_SIZE
+        vocab_size = model.get_output_embeddings().weight.shape[0]
+        return max(MEMORY_LEAN_CHUNK_SIZE, LOGITS_CHUNK_BYTES // (4 * vocab_size))
 
     def get_eval_dataloader(self, eval_dataset=None):
         """Evaluation may batch differently (e.g. without augmentation)."""

@@ -132,7 +132,7 @@ class EmotionAlignmentTrainer(AlignmentTrainer):
         with lm_head_inputs(unwrapped) as hidden:
             outputs = model(**inputs, logits_to_keep=positions, use_cache=False)
         targets = predicted_tokens(labels, positions)
-        lm_loss = chunked_cross_entropy(hidden[0], targets, frozen_head_logits(unwrapped), self.logits_chunk_size)
+        lm_loss = chunked_cross_entropy(hidden[0], targets, frozen_head_logits(unwrapped), self.logits_chunk_rows(unwrapped))
         loss = lm_loss + self.er_weight * outputs.emotion_loss
         accuracy = (outputs.emotion_logits.argmax(-1) == inputs["emotion_labels"]).float().mean()
         self.record(lm_loss=lm_loss, emotion_loss=outputs.emotion_loss, emotion_accuracy=accuracy)

@@ -17,6 +17,9 @@ from torch.nn import functional as F
 
 from processing.collators import IGNORE_INDEX
 
+# Rows of a chunk whose teacher probabilities exist at once (a few MB at a 150k vocabulary).
+SCRATCH_ROWS = 8
+
 
 def predicting_positions(labels: torch.Tensor) -> torch.Tensor:
     """Positions whose *next* token is a labelled response token `(batch, seq)`.
@@ -143,12 +146,19 @@ def chunked_distillation_kl(
         agreements.append((teacher.argmax(-1) == student.argmax(-1)).sum())
         student_log_probs = torch.log_softmax(student.div_(temperature), -1, out=student)
         teacher_log_probs = torch.log_softmax(teacher.div_(temperature), -1, out=teacher)
-        teacher_probs = teacher_log_probs.exp()
-        log_ratio = teacher_log_probs.sub_(student_log_probs)
-        kl = torch.dot(teacher_probs.view(-1), log_ratio.view(-1)) / num_tokens
-        if not needs_grad:
-            return kl, None
-        return kl, student_log_probs.exp_().sub_(teacher_probs).div_(temperature * num_tokens)
+        # Three values per logit are needed at once (p, log p - log q, q) but only two chunk-sized
+        # buffers exist: the teacher probabilities go through a small scratch, a few rows at a time.
+        scratch = teacher.new_empty(min(SCRATCH_ROWS, len(teacher)), teacher.shape[-1])
+        kl = torch.zeros((), dtype=torch.float32, device=teacher.device)
+        for start in range(0, len(teacher), SCRATCH_ROWS):
+            block = slice(start, start + SCRATCH_ROWS)
+            teacher_probs = torch.exp(teacher_log_probs[block], out=scratch[: len(teacher_log_probs[block])])
+            log_ratio = teacher_log_probs[block].sub_(student_log_probs[block])
+            kl += torch.dot(teacher_probs.view(-1), log_ratio.view(-1))
+            if needs_grad:
+                student_log_probs[block].exp_().sub_(teacher_probs)
+        kl /= num_tokens
+        return kl, student_log_probs.div_(temperature * num_tokens) if needs_grad else None
 
     kl = _ChunkedHeadLoss.apply(student_hidden, compute_logits, chunk_kl, chunk_size or num_tokens)
     agreement = torch.stack(agreements).sum() / num_tokens if agreements else kl.new_zeros(())

@@ -30,7 +30,7 @@ class SemanticAlignmentTrainer(AlignmentTrainer):
             outputs = model(**inputs, logits_to_keep=student_positions, use_cache=False)
         loss, agreement = chunked_distillation_kl(
             student_hidden[0], teacher_hidden[0], frozen_head_logits(unwrapped), unwrapped.config.kd_temperature,
-            self.logits_chunk_size,
+            self.logits_chunk_rows(unwrapped),
         )
         self.record(kl=loss, token_agreement=agreement)
         return (loss, outputs) if return_outputs else loss

@@ -2,8 +2,9 @@
 every position (the original release's way), same batch.
 
 This project's variants are `SemanticAlignmentTrainer.compute_loss` as configured: "sliced" makes the
-logits at the KL's positions all at once (`logits_chunk_size=None`), "chunked" 128 positions at a time
-(the default), "chunked+gc" adds gradient checkpointing of the frozen LLM blocks.
+logits at the KL's positions all at once (`logits_chunk_size=None`), "chunked" in the default chunks
+(`"auto"`: as many positions as fit in 256 MB of logits), "chunked+gc" adds gradient checkpointing of the
+frozen LLM blocks (and with it, under `"auto"`, chunks of 128 positions).
 
 Each variant runs in its own process and reports its peak resident memory (`ru_maxrss`), so they do
 not share an allocator; "step growth" is the peak minus the memory held before the step (model and
@@ -25,8 +26,8 @@ import torch
 
 VARIANTS = {
     "sliced": "sliced, all KL positions at once",
-    "chunked": "chunked KL (default)",
-    "chunked+gc": "chunked KL + checkpointing",
+    "chunked": "chunked KL (default chunks)",
+    "chunked+gc": "chunked KL + checkpointing (128)",
     "full": "full vocab, every position",
 }
 
@@ -64,7 +65,7 @@ def one_step(variant: str, batch_size: int, target_tokens: int, seconds: float, 
     teacher_labels[:, 40:] = targets
     if variant != "full":
         args = TrainingArguments(output_dir=tempfile.mkdtemp(), report_to=[], use_cpu=True, remove_unused_columns=False)
-        chunk_size = None if variant == "sliced" else 128
+        chunk_size = None if variant == "sliced" else "auto"
         trainer = SemanticAlignmentTrainer(model=model, args=args, logits_chunk_size=chunk_size)
         if variant.endswith("+gc"):  # as `Trainer.train` does for `activation_checkpointing=True`
             model.activation_checkpointing_enable()

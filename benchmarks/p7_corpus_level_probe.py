@@ -14,7 +14,7 @@ clip peak-normalized (`peak_normalize`, -1 dBFS); validation (unseen sentences, 
 printed too. The last line is the level-free accuracy (level-trained classifier, peak-normalized
 test clips) against the as-synthesized baseline (plain classifier, clips as synthesized).
 
-    python benchmarks/p7_corpus_level_probe.py /tmp/corpus [--mlp] [--wer test,validation]
+    python benchmarks/p7_corpus_level_probe.py /tmp/corpus [--mlp] [--features last] [--wer test,validation]
 
 Features are cached per (audio file, level) in `<corpus>/.p7_features.pt`. `--wer SPLITS` also
 transcribes those splits (as synthesized) greedily with the same Whisper tiny.en and prints the word
@@ -40,6 +40,12 @@ from processing.synthetic.tts_engines import EMOTIONS
 ENCODER = "bundled:whisper-tiny.en"
 MIDDLE_LAYER = 2  # output of the 2nd of tiny's 4 encoder layers
 TEST_PEAK_DBFS = -1.0
+# Slices of the cached feature vector [last mean, last std, middle mean, middle std] (d_model each).
+FEATURE_SETS = {
+    "last+middle": lambda d: slice(0, 4 * d),
+    "last": lambda d: slice(0, 2 * d),
+    "last-mean": lambda d: slice(0, d),
+}
 
 
 def read_rows(corpus: Path, split: str) -> list[dict]:
@@ -175,6 +181,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--classifier-seeds", type=int, default=3, help="accuracies are the mean over this many classifier seeds")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--features", choices=list(FEATURE_SETS), default="last+middle",
+                        help="which pooled statistics the classifier sees (what a head reading the encoder could use)")
     parser.add_argument("--wer", default="", help="comma-separated splits to transcribe for the word error rate")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -186,8 +194,10 @@ def main() -> None:
     label = {e: i for i, e in enumerate(EMOTIONS)}
     path = lambda row: str(corpus / row["audio"])  # noqa: E731
 
+    columns = FEATURE_SETS[args.features](cache.encoder.config.d_model)
+
     def stack(split: str, level: float | None = None):
-        return (torch.stack([cache.get(path(r), level) for r in rows[split]]),
+        return (torch.stack([cache.get(path(r), level)[columns] for r in rows[split]]),
                 torch.tensor([label[r["emotion"]] for r in rows[split]]))  # fmt: skip
 
     x_train, y_train = stack("train")
@@ -196,7 +206,7 @@ def main() -> None:
     for row in rows["train"]:
         for _ in range(args.copies):
             drawn = float(levels.random.uniform(levels.min_dbfs, levels.max_dbfs))
-            x_level.append(cache.get(path(row), round(drawn, 2)))
+            x_level.append(cache.get(path(row), round(drawn, 2))[columns])
             y_level.append(label[row["emotion"]])
     x_level, y_level = torch.stack(x_level), torch.tensor(y_level)
     evaluations = {}
@@ -208,7 +218,7 @@ def main() -> None:
 
     speakers = {s: sorted({r["speaker"] for r in rows[s]}) for s in rows}
     print(f"corpus {corpus}: " + ", ".join(f"{s} {len(rows[s])} clips" for s in rows) + f"; test voices {speakers['test']}")
-    print(f"features {x_train.shape[1]} dims ({feature_seconds:.0f} s incl. encoding); classifier: "
+    print(f"features {args.features}, {x_train.shape[1]} dims ({feature_seconds:.0f} s incl. encoding); classifier: "
           f"{'MLP' if args.mlp else 'logistic regression'}, weight decay {args.weight_decay}, "
           f"accuracies: mean of {args.classifier_seeds} classifier seeds (confusions: the first)")  # fmt: skip
     accuracy = defaultdict(float)

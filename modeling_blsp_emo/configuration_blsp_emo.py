@@ -12,6 +12,9 @@ from .version import __version__
 
 check_transformers_version()
 
+# What the emotion head can read (`BlspEmoConfig.emotion_pooling`).
+EMOTION_POOLINGS = ("adapter_mean", "encoder_stats")
+
 # The release's label order (ids 0..4); checkpoints trained on other data store their own.
 DEFAULT_EMOTIONS = ("neutral", "happy", "angry", "sad", "surprise")
 
@@ -41,6 +44,14 @@ class BlspEmoConfig(PreTrainedConfig):
         emotion_temperature (`float`, defaults to 1.0): the emotion head's scores are
             `softmax(logits / emotion_temperature)`; fitted on labelled clips so that the scores are
             calibrated (`blsp-emo calibrate`). Logits are never scaled, so labels do not change.
+        emotion_pooling (`"adapter_mean"` or `"encoder_stats"`, defaults to `"adapter_mean"`): what the
+            emotion head reads. `"adapter_mean"`: the mean of the adapter's speech embeddings over each
+            audio item (head input size: the LLM's hidden size), as the original release.
+            `"encoder_stats"`: mean and standard deviation over each item's real frames of the Whisper
+            encoder's last layer (after its final layer norm) and of the output of its middle layer
+            `layers[encoder_layers // 2 - 1]`, concatenated as [mean(last), std(last), mean(middle),
+            std(middle)] (head input size: 4 × the encoder's `d_model`); these statistics carry more of
+            the voice's prosody. Checkpoints saved without the field load as `"adapter_mean"`.
     """
 
     model_type = "blsp_emo"
@@ -63,6 +74,7 @@ class BlspEmoConfig(PreTrainedConfig):
     lora_target_modules: list[str] | None = None
     lm_head_bias: bool = False
     emotion_temperature: float = 1.0
+    emotion_pooling: Literal["adapter_mean", "encoder_stats"] = "adapter_mean"
     tie_word_embeddings: bool | None = None
     blsp_emo_version: str = __version__
 
@@ -87,6 +99,9 @@ class BlspEmoConfig(PreTrainedConfig):
             raise ValueError(f"conv_kernel_sizes={self.conv_kernel_sizes!r}: expected odd positive integers")
         if not math.isfinite(self.emotion_temperature) or self.emotion_temperature <= 0:
             raise ValueError(f"emotion_temperature={self.emotion_temperature!r}: expected a finite number above 0")
+        if self.emotion_pooling not in EMOTION_POOLINGS:
+            expected = " or ".join(repr(name) for name in EMOTION_POOLINGS)
+            raise ValueError(f"emotion_pooling={self.emotion_pooling!r}: expected {expected}")
 
     @property
     def kernel_sizes(self) -> tuple[int, ...]:
@@ -94,9 +109,22 @@ class BlspEmoConfig(PreTrainedConfig):
         return parse_kernel_sizes(self.conv_kernel_sizes)
 
     @property
+    def emotion_head_input_size(self) -> int:
+        """Width of the emotion head's input: the LLM's hidden size (`"adapter_mean"`) or 4 × the
+        encoder's `d_model` (`"encoder_stats"`)."""
+        if self.emotion_pooling == "encoder_stats":
+            return 4 * self.audio_config.d_model
+        return self.text_config.hidden_size
+
+    @property
+    def encoder_middle_layer(self) -> int:
+        """Index of the encoder layer whose output `"encoder_stats"` pools: `encoder_layers // 2 - 1`."""
+        return max(self.audio_config.encoder_layers // 2 - 1, 0)
+
+    @property
     def emotion_labels(self) -> list[str]:
         """Emotion class names in id order."""
         return [self.id2label[index] for index in range(len(self.id2label))]
 
 
-__all__ = ["BlspEmoConfig", "DEFAULT_EMOTIONS"]
+__all__ = ["BlspEmoConfig", "DEFAULT_EMOTIONS", "EMOTION_POOLINGS"]

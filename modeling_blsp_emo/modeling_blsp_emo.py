@@ -7,6 +7,7 @@ positions of the audio placeholder tokens in the LLM's input embeddings → LLM 
 import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -56,12 +57,28 @@ def pipeline_classes(tasks: Sequence[str]) -> list[type]:
     return [classes[task] for task in tasks]
 
 
+class SpeechFeatures(NamedTuple):
+    """What [`SpeechEmbeddingMixin.get_speech_features`] returns: the adapter's speech embeddings
+    `(clips, steps, hidden)` and their real lengths (the LLM's input), and the states the emotion head
+    pools with their real lengths (`config.emotion_pooling`): the embeddings themselves for
+    `"adapter_mean"`; for `"encoder_stats"` the encoder's last layer and middle layer's output side by
+    side `(clips, frames, 2 * d_model)`."""
+
+    embeds: torch.Tensor
+    lengths: torch.Tensor
+    head_states: torch.Tensor
+    head_lengths: torch.Tensor
+
+
 @dataclass
 class BlspEmoModelOutputWithPast(BaseModelOutputWithPast):
-    """`BaseModelOutputWithPast` plus the speech embeddings `(clips, steps, hidden)` and their lengths."""
+    """`BaseModelOutputWithPast` plus the speech embeddings `(clips, steps, hidden)` and their lengths,
+    and what the emotion head pools (`SpeechFeatures.head_states`, `head_lengths`)."""
 
     audio_embeds: torch.Tensor | None = None
     audio_lengths: torch.Tensor | None = None
+    emotion_head_states: torch.Tensor | None = None
+    emotion_head_lengths: torch.Tensor | None = None
 
 
 @dataclass
@@ -133,6 +150,28 @@ class SpeechEmbeddingMixin:
 
         `feature_attention_mask` marks real frames; without it every frame is real.
         """
+        hidden_states, lengths = self.encode_speech(input_features, feature_attention_mask)
+        return self.adapter(hidden_states, lengths)
+
+    def get_speech_features(
+        self, input_features: torch.Tensor, feature_attention_mask: torch.Tensor | None = None
+    ) -> SpeechFeatures:
+        """`get_audio_features`' embeddings and lengths plus what the emotion head pools
+        (`config.emotion_pooling`), from one encoder pass: pass `head_states` and `head_lengths` to
+        `classify_emotion`."""
+        if self.config.emotion_pooling == "adapter_mean":
+            embeds, lengths = self.get_audio_features(input_features, feature_attention_mask)
+            return SpeechFeatures(embeds, lengths, embeds, lengths)
+        hidden_states, lengths, middle_states = self.encode_speech(
+            input_features, feature_attention_mask, self.config.encoder_middle_layer
+        )
+        embeds, embed_lengths = self.adapter(hidden_states, lengths)
+        return SpeechFeatures(embeds, embed_lengths, torch.cat([hidden_states, middle_states], -1), lengths)
+
+    def encode_speech(
+        self, input_features: torch.Tensor, feature_attention_mask: torch.Tensor | None, middle_layer: int | None = None
+    ) -> tuple[torch.Tensor, ...]:
+        """The encoder's hidden states and real lengths (plus `middle_layer`'s output when asked for)."""
         check_input_features(self.audio_encoder, input_features, self.config.audio_padding)
         if feature_attention_mask is None:
             frame_lengths = torch.full(
@@ -143,21 +182,36 @@ class SpeechEmbeddingMixin:
         if bool((frame_lengths < 1).any()):
             raise ValueError("an audio clip has no mel frames (empty audio)")
         encode = encode_in_length_groups if self.config.audio_padding == "longest" else encode_padded_to_30s
-        hidden_states, lengths = encode(self.audio_encoder, input_features, frame_lengths)
-        return self.adapter(hidden_states, lengths)
+        return encode(self.audio_encoder, input_features, frame_lengths, middle_layer)
 
 
 class EmotionHeadMixin:
     """The emotion head's logits and scores, shared by the models that have one (`emotion_head`)."""
 
     def classify_emotion(
-        self, audio_embeds: torch.Tensor, audio_lengths: torch.Tensor, audio_item_index: torch.Tensor | None = None
+        self, head_states: torch.Tensor, head_lengths: torch.Tensor, audio_item_index: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Raw emotion logits `(items, labels)` from the pooled speech embeddings (`emotion_probabilities`
+        """Raw emotion logits `(items, labels)` from the pooled `head_states` (`emotion_probabilities`
         makes calibrated scores of them); raises `NonFiniteOutputError` when they hold NaN or inf
-        (corrupt weights, overflow)."""
-        logits = self.emotion_head(pool_speech_embeddings(audio_embeds, audio_lengths, audio_item_index))
+        (corrupt weights, overflow). `head_states` and `head_lengths` are `get_speech_features`' (for
+        `emotion_pooling="adapter_mean"` they are the speech embeddings and their lengths)."""
+        logits = self.emotion_head(self.pool_for_emotion_head(head_states, head_lengths, audio_item_index))
         return check_finite(logits, "emotion head logits")
+
+    def pool_for_emotion_head(
+        self, head_states: torch.Tensor, head_lengths: torch.Tensor, audio_item_index: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The emotion head's input `(items, config.emotion_head_input_size)`, pooled as
+        `config.emotion_pooling` says from `get_speech_features`' `head_states` and `head_lengths`."""
+        if self.config.emotion_pooling == "encoder_stats":
+            expected = 2 * self.config.audio_config.d_model
+            if head_states.shape[-1] != expected:
+                raise ValueError(
+                    f"emotion_pooling='encoder_stats' pools the encoder's last and middle layers ({expected} features "
+                    f"per frame), got {head_states.shape[-1]}: pass get_speech_features' head_states"
+                )
+            return pool_encoder_statistics(head_states, head_lengths, audio_item_index)
+        return pool_speech_embeddings(head_states, head_lengths, audio_item_index)
 
     def emotion_probabilities(self, emotion_logits: torch.Tensor) -> torch.Tensor:
         """The emotion head's scores `(items, labels)`, float32: `softmax(logits / config.emotion_temperature)`.
@@ -242,9 +296,10 @@ class BlspEmoModel(SpeechEmbeddingMixin, BlspEmoPreTrainedModel):
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
 
-        audio_embeds = audio_lengths = None
+        audio_embeds = audio_lengths = head_states = head_lengths = None
         if input_features is not None:
-            audio_embeds, audio_lengths = self.get_audio_features(input_features, feature_attention_mask)
+            speech = self.get_speech_features(input_features, feature_attention_mask)
+            audio_embeds, audio_lengths, head_states, head_lengths = speech
             speech_mask = self.placeholder_mask(input_ids, inputs_embeds)
             inputs_embeds = self.merge_speech_embeddings(inputs_embeds, speech_mask, audio_embeds, audio_lengths)
             if self.has_masked_lora:
@@ -270,6 +325,8 @@ class BlspEmoModel(SpeechEmbeddingMixin, BlspEmoPreTrainedModel):
             attentions=outputs.attentions,
             audio_embeds=audio_embeds,
             audio_lengths=audio_lengths,
+            emotion_head_states=head_states,
+            emotion_head_lengths=head_lengths,
         )
 
 
@@ -289,6 +346,37 @@ def pool_speech_embeddings(
         sums = sums.new_zeros(num_items, sums.shape[-1]).index_add(0, audio_item_index, sums)
         counts = counts.new_zeros(num_items).index_add(0, audio_item_index, counts)
     return sums / counts[:, None]
+
+
+# Variances are clamped at this floor (not at 0) before the square root: sqrt's gradient is infinite
+# at 0 (an item of one frame has no spread), and a std of 1e-6 instead of 0 changes nothing else.
+MIN_VARIANCE = 1e-12
+
+
+def pool_encoder_statistics(
+    head_states: torch.Tensor, head_lengths: torch.Tensor, audio_item_index: torch.Tensor | None = None
+) -> torch.Tensor:
+    """`(items, 4 * d_model)`: [mean(last), std(last), mean(middle), std(middle)] over the real frames of
+    each audio item, from `(windows, frames, 2 * d_model)` states (the encoder's last layer and middle
+    layer's output side by side). An item spanning several windows (`audio_item_index`, one entry per
+    window) is pooled over all its windows' real frames. The std is the population std (divided by the
+    frame count). Computed in float32 (means first, then squared deviations from them); returned in
+    `head_states`' dtype."""
+    states = head_states.float()
+    mask = length_mask(head_lengths, states.shape[1]).to(states.dtype)[..., None]
+    counts = head_lengths.to(states.device, states.dtype)
+    sums = (states * mask).sum(1)
+    if audio_item_index is None:
+        audio_item_index = torch.arange(states.shape[0], device=states.device)
+    num_items = int(audio_item_index.max()) + 1
+    item_counts = counts.new_zeros(num_items).index_add(0, audio_item_index, counts)
+    means = sums.new_zeros(num_items, sums.shape[-1]).index_add(0, audio_item_index, sums) / item_counts[:, None]
+    squares = ((states - means[audio_item_index][:, None, :]).square() * mask).sum(1)
+    variances = squares.new_zeros(num_items, squares.shape[-1]).index_add(0, audio_item_index, squares)
+    stds = (variances / item_counts[:, None]).clamp(min=MIN_VARIANCE).sqrt()
+    last_mean, middle_mean = means.chunk(2, dim=-1)
+    last_std, middle_std = stds.chunk(2, dim=-1)
+    return torch.cat([last_mean, last_std, middle_mean, middle_std], -1).to(head_states.dtype)
 
 
 def windows_per_row(
@@ -318,7 +406,7 @@ class BlspEmoForConditionalGeneration(EmotionHeadMixin, BlspEmoPreTrainedModel, 
         self.model = BlspEmoModel(config)
         text_config = config.text_config
         self.lm_head = nn.Linear(text_config.hidden_size, text_config.vocab_size, bias=config.lm_head_bias)
-        self.emotion_head = nn.Linear(text_config.hidden_size, len(config.id2label), bias=False)
+        self.emotion_head = nn.Linear(config.emotion_head_input_size, len(config.id2label), bias=False)
         if config.tie_word_embeddings:
             embeddings = self.model.language_model.get_input_embeddings()
             name = next(name for name, module in self.model.language_model.named_modules() if module is embeddings)
@@ -451,7 +539,7 @@ class BlspEmoForConditionalGeneration(EmotionHeadMixin, BlspEmoPreTrainedModel, 
         if labels is not None:
             lm_loss = self.loss_function(logits=logits, labels=labels, vocab_size=logits.shape[-1], **kwargs)
         if outputs.audio_embeds is not None:
-            emotion_logits = self.classify_emotion(outputs.audio_embeds, outputs.audio_lengths, audio_item_index)
+            emotion_logits = self.classify_emotion(outputs.emotion_head_states, outputs.emotion_head_lengths, audio_item_index)
             if emotion_labels is not None:
                 emotion_loss = nn.functional.cross_entropy(emotion_logits.float(), emotion_labels.to(emotion_logits.device))
         elif emotion_labels is not None:
@@ -569,7 +657,7 @@ class BlspEmoForAudioClassification(EmotionHeadMixin, BlspEmoPreTrainedModel):
     def __init__(self, config: BlspEmoConfig):
         super().__init__(config)
         self.model = BlspEmoAudioModel(config)
-        self.emotion_head = nn.Linear(config.text_config.hidden_size, len(config.id2label), bias=False)
+        self.emotion_head = nn.Linear(config.emotion_head_input_size, len(config.id2label), bias=False)
         self.post_init()
 
     def checkpoint_auto_map(self) -> dict[str, str]:
@@ -601,8 +689,8 @@ class BlspEmoForAudioClassification(EmotionHeadMixin, BlspEmoPreTrainedModel):
             if self.config.audio_padding == "longest":
                 input_features = input_features[..., : int(frames.max())]
                 frame_mask = frame_mask[:, : input_features.shape[-1]]
-        audio_embeds, audio_lengths = self.model.get_audio_features(input_features, frame_mask)
-        logits = self.classify_emotion(audio_embeds, audio_lengths, audio_item_index)
+        speech = self.model.get_speech_features(input_features, frame_mask)
+        logits = self.classify_emotion(speech.head_states, speech.head_lengths, audio_item_index)
         loss = None
         if labels is not None:
             loss = nn.functional.cross_entropy(logits.float(), labels.to(logits.device))
@@ -615,5 +703,7 @@ __all__ = [
     "BlspEmoForConditionalGeneration",
     "BlspEmoModel",
     "BlspEmoPreTrainedModel",
+    "SpeechFeatures",
+    "pool_encoder_statistics",
     "pool_speech_embeddings",
 ]

@@ -64,10 +64,12 @@ def build_blsp_emo(
     emotion_labels: Sequence[str] = DEFAULT_EMOTIONS,
     conv_kernel_sizes: str = "5,5,5",
     adapter_inner_dim: int = 512,
+    emotion_pooling: str = "adapter_mean",
     dtype: torch.dtype | str | None = None,
 ) -> tuple[BlspEmoForConditionalGeneration, BlspEmoProcessor]:
     """A BLSP-Emo model whose encoder and LLM carry the given checkpoints' weights (adapter and
-    emotion head freshly initialised), and its processor. `encoder`/`llm` are hub ids or directories;
+    emotion head freshly initialised; the head reads what `emotion_pooling` says, see `BlspEmoConfig`),
+    and its processor. `encoder`/`llm` are hub ids or directories;
     the config records where they came from in `base_models` (see `trainers.hub.push.describe_base_model`)."""
     audio_encoder = load_whisper_encoder(encoder, dtype)
     feature_extractor = load_feature_extractor(encoder, audio_encoder.config.num_mel_bins)
@@ -91,6 +93,7 @@ def build_blsp_emo(
         adapter_inner_dim=adapter_inner_dim,
         lm_head_bias=head.bias is not None,
         id2label=dict(enumerate(emotion_labels)),
+        emotion_pooling=emotion_pooling,
     )
     # Hub ids and licences of the parts, for the model card (trainers.hub.push); local folders by name only.
     config.base_models = {"encoder": describe_base_model(encoder), "llm": describe_base_model(llm)}
@@ -105,7 +108,9 @@ def build_blsp_emo(
     model.model.adapter = SpeechAdapter(
         config.audio_config.d_model, hidden_size, config.kernel_sizes, adapter_inner_dim
     ).to(reference.device, reference.dtype)
-    model.emotion_head = nn.Linear(hidden_size, len(emotion_labels), bias=False).to(reference.device, reference.dtype)
+    model.emotion_head = nn.Linear(config.emotion_head_input_size, len(emotion_labels), bias=False).to(
+        reference.device, reference.dtype
+    )
     for module in (model.model.adapter, model.emotion_head):
         module.apply(model._init_weights)
     model.tie_weights()

@@ -2,7 +2,7 @@
 
 import argparse
 
-from modeling_blsp_emo.configuration_blsp_emo import DEFAULT_EMOTIONS
+from modeling_blsp_emo.configuration_blsp_emo import DEFAULT_EMOTIONS, EMOTION_POOLINGS
 from processing.errors import UserInputError
 
 
@@ -14,6 +14,9 @@ def add_commands(commands) -> None:
     init.add_argument("--audio-padding", choices=["longest", "max_length"], default="longest")
     init.add_argument("--labels", default=",".join(DEFAULT_EMOTIONS), help="emotion label names, comma separated")
     init.add_argument("--dtype", help="dtype of the saved weights (default: as loaded)")
+    init.add_argument("--emotion-pooling", choices=EMOTION_POOLINGS, default="adapter_mean",
+                      help="what the emotion head reads: the adapter's mean embedding (default) or the Whisper "
+                           "encoder's pooled statistics (mean and std of its last and middle layers)")
     init.set_defaults(handler=run_init)
 
     convert = commands.add_parser(
@@ -55,7 +58,7 @@ def run_init(args: argparse.Namespace) -> int:
 
     model, processor = build_blsp_emo(
         resolve_model_spec(args.encoder), resolve_model_spec(args.llm), audio_padding=args.audio_padding,
-        emotion_labels=args.labels.split(","), dtype=parse_dtype(args.dtype),
+        emotion_labels=args.labels.split(","), emotion_pooling=args.emotion_pooling, dtype=parse_dtype(args.dtype),
     )
     save_checkpoint(model, processor, args.output)
     size = sum(p.numel() for p in model.parameters()) / 1e6

@@ -3,6 +3,8 @@
 import argparse
 from pathlib import Path
 
+from modeling_blsp_emo.configuration_blsp_emo import EMOTION_POOLINGS
+
 
 def add_commands(commands) -> None:
     demo = commands.add_parser("demo", help="run the whole mission offline on the embedded default and write a report")
@@ -25,6 +27,9 @@ def add_commands(commands) -> None:
                       help="train stage 2 on clips at random peak levels (prosody, not loudness)")
     demo.add_argument("--no-warm-start-head", dest="warm_start_head", action="store_false", default=None,
                       help="start stage 2 with a fresh emotion head instead of one fitted on the stage-1 model's embeddings")
+    demo.add_argument("--emotion-pooling", dest="emotion_pooling", choices=EMOTION_POOLINGS,
+                      help="what the emotion head reads: the adapter's mean embedding (default adapter_mean) or the "
+                           "Whisper encoder's pooled statistics (encoder_stats)")
     demo.add_argument("--preference-steps", dest="preference_steps", type=int,
                       help="stage 3: DPO steps on emotion preference pairs after stage 2 (needs trl; default 0: skipped)")
     demo.set_defaults(handler=run_demo)

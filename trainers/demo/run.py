@@ -58,6 +58,8 @@ class DemoSettings:
     output: str
     encoder: str = "bundled:whisper-tiny.en"
     llm: str = "bundled:smollm2-135m-instruct"
+    # What the emotion head reads (BlspEmoConfig.emotion_pooling): "adapter_mean" or "encoder_stats".
+    emotion_pooling: str = "adapter_mean"
     corpus: str | None = None  # an existing corpus folder (train/validation/test.jsonl) instead of synthesizing
     num_sentences: int = 40
     voices_per_sentence: int = 4
@@ -156,7 +158,10 @@ class Demo:
         return read_manifest(self.corpus_dir() / f"{name}.jsonl")
 
     def build(self) -> None:
-        model, processor = build_blsp_emo(resolve_model_spec(self.settings.encoder), resolve_model_spec(self.settings.llm))
+        model, processor = build_blsp_emo(
+            resolve_model_spec(self.settings.encoder), resolve_model_spec(self.settings.llm),
+            emotion_pooling=self.settings.emotion_pooling,
+        )
         save_checkpoint(model, processor, self.path("base"))
 
     def synthesize(self) -> None:

@@ -125,6 +125,13 @@ def _architecture(config: dict, weights: list[Path]) -> dict[str, str]:
     }
 
 
+# What the emotion head reads (`emotion_pooling` in config.json; absent in older checkpoints), for the card.
+HEAD_INPUTS = {
+    "adapter_mean": "the mean of the speech embeddings",
+    "encoder_stats": "the mean and standard deviation of the Whisper encoder's last and middle layers over the clip",
+}
+
+
 def render_model_card(
     model_dir: str | Path,
     repo_id: str,
@@ -161,6 +168,7 @@ def render_model_card(
         model_name=repo_id.split("/")[-1],
         revision_argument=f', revision="{revision}"' if revision and revision != "main" else "",
         emotion_labels=[config["id2label"][key] for key in sorted(config.get("id2label", {}), key=int)],
+        emotion_head_input=HEAD_INPUTS[config.get("emotion_pooling", "adapter_mean")],
         architecture=_architecture(config, weight_files(model_dir)),
         base_models=[
             {"role": role, "id": None, "name": "unknown", "license": None, **base_models.get(key, {})}

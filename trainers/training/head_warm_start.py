@@ -16,7 +16,6 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from modeling_blsp_emo import BlspEmoForConditionalGeneration, BlspEmoProcessor, load_audio
-from modeling_blsp_emo.modeling_blsp_emo import pool_speech_embeddings
 from modeling_blsp_emo.numerics import check_finite
 from processing.emotion_labels import check_labelled_rows
 
@@ -27,12 +26,17 @@ logger = logging.getLogger(__name__)
 def pooled_speech_embeddings(
     model: BlspEmoForConditionalGeneration, processor: BlspEmoProcessor, clips: Sequence[np.ndarray], batch_size: int = 8
 ) -> torch.Tensor:
-    """The masked mean of each clip's speech embeddings `(clips, hidden)`, float32: what the emotion head reads."""
+    """What the emotion head reads for each clip `(clips, head input size)`, float32, pooled as
+    `model.config.emotion_pooling` says: the masked mean of the speech embeddings (`"adapter_mean"`) or
+    the encoder's pooled statistics (`"encoder_stats"`)."""
+    encoder_stats = model.config.emotion_pooling == "encoder_stats"
+    what = "pooled encoder statistics" if encoder_stats else "pooled speech embeddings"
     pooled = []
     for start in tqdm(range(0, len(clips), batch_size), desc="speech embeddings", unit="batch", disable=len(clips) <= batch_size):
         inputs = {name: value.to(model.device) for name, value in processor.audio_features(clips[start : start + batch_size]).items()}
-        embeds, lengths = model.model.get_audio_features(inputs["input_features"].to(model.dtype), inputs["feature_attention_mask"])
-        pooled.append(check_finite(pool_speech_embeddings(embeds, lengths, inputs["audio_item_index"]).float(), "pooled speech embeddings"))
+        speech = model.model.get_speech_features(inputs["input_features"].to(model.dtype), inputs["feature_attention_mask"])
+        head_input = model.pool_for_emotion_head(speech.head_states, speech.head_lengths, inputs["audio_item_index"])
+        pooled.append(check_finite(head_input.float(), what))
     return torch.cat(pooled)
 
 

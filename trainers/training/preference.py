@@ -192,10 +192,8 @@ class SpeechPreferenceTrainer(DPOTrainer):
         if is_peft_model(unwrapped):
             unwrapped = unwrapped.get_base_model()
         windows = inputs["input_features"].shape[0] // 2
-        audio_embeds, audio_lengths = unwrapped.model.get_audio_features(
-            inputs["input_features"][:windows], inputs["feature_attention_mask"][:windows]
-        )
-        logits = unwrapped.classify_emotion(audio_embeds, audio_lengths, audio_item_index)
+        speech = unwrapped.model.get_speech_features(inputs["input_features"][:windows], inputs["feature_attention_mask"][:windows])
+        logits = unwrapped.classify_emotion(speech.head_states, speech.head_lengths, audio_item_index)
         loss = F.cross_entropy(logits.float(), emotion_labels)
         metrics = self._metrics["train" if self.model.training else "eval"]
         metrics["emotion_loss"].append(loss.item())

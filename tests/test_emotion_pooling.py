@@ -4,7 +4,6 @@ last layer and middle layer's output over each audio item's real frames."""
 import json
 
 import pytest
-import soundfile as sf
 import torch
 from transformers import pipeline
 
@@ -14,9 +13,7 @@ from modeling_blsp_emo.speech_encoder import encode_in_length_groups, encode_pad
 from trainers.checkpoints.builder import build_blsp_emo
 from trainers.cli.main import build_parser
 from trainers.demo import run as demo_run
-from trainers.training.head_warm_start import pooled_speech_embeddings, warm_start_emotion_head
 
-from conftest import noise
 from tiny_models import (
     AUDIO_CONFIG,
     TEXT_CONFIGS,
@@ -232,29 +229,6 @@ def test_adapter_mean_head_states_are_the_speech_embeddings():
     assert speech.head_states is speech.embeds and speech.head_lengths is speech.lengths
     with pytest.raises(ValueError, match="encoder_stats"):
         stats_model(encoder_layers=2).classify_emotion(speech.embeds, speech.lengths)
-
-
-def test_warm_start_fits_a_head_on_encoder_statistics(processor, tmp_path):
-    model = stats_model(encoder_layers=2)
-    rows = []
-    for index in range(12):
-        path = tmp_path / f"clip{index}.wav"
-        sf.write(path, noise(8000, index) * (0.8 if index % 2 else 0.01), 16000)
-        rows.append({"audio": str(path), "emotion": model.config.emotion_labels[index % 2]})
-    before = {name: parameter.detach().clone() for name, parameter in model.named_parameters()}
-    result = warm_start_emotion_head(model, processor, rows, batch_size=5)
-    assert result["clips"] == 12 and result["train_accuracy"] == 1.0
-    changed = {name for name, parameter in model.named_parameters() if not torch.equal(parameter, before[name])}
-    assert changed == {"emotion_head.weight"}
-    clips = [sf.read(row["audio"], dtype="float32")[0] for row in rows]
-    pooled = pooled_speech_embeddings(model, processor, clips)
-    assert pooled.shape == (12, 4 * D_MODEL)
-    with torch.no_grad():
-        inputs = processor.audio_features(clips)
-        speech = model.model.get_speech_features(inputs["input_features"], inputs["feature_attention_mask"])
-        logits = model.classify_emotion(speech.head_states, speech.head_lengths, inputs["audio_item_index"])
-    torch.testing.assert_close(model.emotion_head(pooled), logits, rtol=1e-4, atol=1e-4)
-    assert [model.config.emotion_labels[i] for i in logits.argmax(-1).tolist()] == [row["emotion"] for row in rows]
 
 
 def test_both_pipelines_serve_an_encoder_stats_checkpoint(tmp_path):

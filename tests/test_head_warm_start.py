@@ -33,8 +33,9 @@ def write_clips(tmp_path, model) -> list[dict]:
     return rows
 
 
-def test_warm_start_fits_only_the_head(processor, tmp_path):
-    model = tiny_model()
+@pytest.mark.parametrize("emotion_pooling", ["adapter_mean", "encoder_stats"])
+def test_warm_start_fits_only_the_head(processor, tmp_path, emotion_pooling):
+    model = tiny_model(emotion_pooling=emotion_pooling)
     rows = write_clips(tmp_path, model)
     before = {name: parameter.detach().clone() for name, parameter in model.named_parameters()}
     result = warm_start_emotion_head(model, processor, rows, batch_size=5)
@@ -42,8 +43,15 @@ def test_warm_start_fits_only_the_head(processor, tmp_path):
     changed = {name for name, parameter in model.named_parameters() if not torch.equal(parameter, before[name])}
     assert changed == {"emotion_head.weight"}
     clips = [sf.read(row["audio"], dtype="float32")[0] for row in rows]
-    scores = model.emotion_head(pooled_speech_embeddings(model, processor, clips))
-    predicted = [model.config.emotion_labels[i] for i in scores.argmax(-1).tolist()]
+    # The features fitted on are exactly what the head reads in the model.
+    pooled = pooled_speech_embeddings(model, processor, clips)
+    assert pooled.shape == (12, model.config.emotion_head_input_size)
+    with torch.no_grad():
+        inputs = processor.audio_features(clips)
+        speech = model.model.get_speech_features(inputs["input_features"], inputs["feature_attention_mask"])
+        logits = model.classify_emotion(speech.head_states, speech.head_lengths, inputs["audio_item_index"])
+    torch.testing.assert_close(model.emotion_head(pooled), logits, rtol=1e-4, atol=1e-4)
+    predicted = [model.config.emotion_labels[i] for i in logits.argmax(-1).tolist()]
     assert predicted == [row["emotion"] for row in rows]
 
 

@@ -168,6 +168,18 @@ class SpeechEmbeddingMixin:
         embeds, embed_lengths = self.adapter(hidden_states, lengths)
         return SpeechFeatures(embeds, embed_lengths, torch.cat([hidden_states, middle_states], -1), lengths)
 
+    def get_emotion_head_states(
+        self, input_features: torch.Tensor, feature_attention_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`get_speech_features`' `head_states` and `head_lengths` alone: for `"encoder_stats"` the adapter,
+        whose output the head does not read, is not run."""
+        if self.config.emotion_pooling == "adapter_mean":
+            return self.get_audio_features(input_features, feature_attention_mask)
+        hidden_states, lengths, middle_states = self.encode_speech(
+            input_features, feature_attention_mask, self.config.encoder_middle_layer
+        )
+        return torch.cat([hidden_states, middle_states], -1), lengths
+
     def encode_speech(
         self, input_features: torch.Tensor, feature_attention_mask: torch.Tensor | None, middle_layer: int | None = None
     ) -> tuple[torch.Tensor, ...]:
@@ -197,6 +209,17 @@ class EmotionHeadMixin:
         `emotion_pooling="adapter_mean"` they are the speech embeddings and their lengths)."""
         logits = self.emotion_head(self.pool_for_emotion_head(head_states, head_lengths, audio_item_index))
         return check_finite(logits, "emotion head logits")
+
+    def emotion_logits(
+        self,
+        input_features: torch.Tensor,
+        feature_attention_mask: torch.Tensor | None = None,
+        audio_item_index: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Raw emotion logits `(items, labels)` of log-mel features: the speech modules the head needs
+        (`model.get_emotion_head_states`) and the head, no LLM."""
+        head_states, head_lengths = self.model.get_emotion_head_states(input_features, feature_attention_mask)
+        return self.classify_emotion(head_states, head_lengths, audio_item_index)
 
     def pool_for_emotion_head(
         self, head_states: torch.Tensor, head_lengths: torch.Tensor, audio_item_index: torch.Tensor | None = None
@@ -689,8 +712,7 @@ class BlspEmoForAudioClassification(EmotionHeadMixin, BlspEmoPreTrainedModel):
             if self.config.audio_padding == "longest":
                 input_features = input_features[..., : int(frames.max())]
                 frame_mask = frame_mask[:, : input_features.shape[-1]]
-        speech = self.model.get_speech_features(input_features, frame_mask)
-        logits = self.classify_emotion(speech.head_states, speech.head_lengths, audio_item_index)
+        logits = self.emotion_logits(input_features, frame_mask, audio_item_index)
         loss = None
         if labels is not None:
             loss = nn.functional.cross_entropy(logits.float(), labels.to(logits.device))

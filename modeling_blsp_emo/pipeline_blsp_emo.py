@@ -134,10 +134,9 @@ class AudioToTextPipeline(BlspEmoPipeline):
         finite.raise_if_found("LM logits")
         outputs["generated_ids"] = sequences[:, model_inputs["input_ids"].shape[1] :]
         if return_emotion:
-            speech = self.model.model.get_speech_features(
-                model_inputs["input_features"], model_inputs["feature_attention_mask"]
+            logits = self.model.emotion_logits(
+                model_inputs["input_features"], model_inputs["feature_attention_mask"], model_inputs["audio_item_index"]
             )
-            logits = self.model.classify_emotion(speech.head_states, speech.head_lengths, model_inputs["audio_item_index"])
             outputs["emotion_probs"] = self.model.emotion_probabilities(logits)
         return outputs
 

@@ -23,8 +23,7 @@ def head_labels(
         batch = list(clips[start : start + batch_size])
         text = [processor.audio_token] * len(batch)
         inputs = processor(text=text, audio=batch, sampling_rate=SAMPLING_RATE, return_tensors="pt").to(model.device)
-        speech = model.model.get_speech_features(inputs["input_features"], inputs["feature_attention_mask"])
-        logits = model.classify_emotion(speech.head_states, speech.head_lengths, inputs["audio_item_index"])
+        logits = model.emotion_logits(inputs["input_features"], inputs["feature_attention_mask"], inputs["audio_item_index"])
         predicted += [labels[int(index)] for index in logits.argmax(-1)]
     return predicted
 

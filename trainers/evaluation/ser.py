@@ -130,8 +130,8 @@ def _predict_batch(
         new_tokens = generated.sequences[:, inputs["input_ids"].shape[1] :]
         answers = [answer.strip() for answer in processor.batch_decode(new_tokens, skip_special_tokens=True)]
     # Both the full model and the fast path (`BlspEmoForAudioClassification`, no LLM) have these.
-    speech = model.model.get_speech_features(inputs["input_features"].to(model.dtype), inputs["feature_attention_mask"])
-    logits = model.classify_emotion(speech.head_states, speech.head_lengths, inputs["audio_item_index"])  # raises on NaN/inf
+    features = inputs["input_features"].to(model.dtype)
+    logits = model.emotion_logits(features, inputs["feature_attention_mask"], inputs["audio_item_index"])  # raises on NaN/inf
     return [
         {
             "answer": answer,

@@ -34,8 +34,8 @@ def pooled_speech_embeddings(
     pooled = []
     for start in tqdm(range(0, len(clips), batch_size), desc="speech embeddings", unit="batch", disable=len(clips) <= batch_size):
         inputs = {name: value.to(model.device) for name, value in processor.audio_features(clips[start : start + batch_size]).items()}
-        speech = model.model.get_speech_features(inputs["input_features"].to(model.dtype), inputs["feature_attention_mask"])
-        head_input = model.pool_for_emotion_head(speech.head_states, speech.head_lengths, inputs["audio_item_index"])
+        states, lengths = model.model.get_emotion_head_states(inputs["input_features"].to(model.dtype), inputs["feature_attention_mask"])
+        head_input = model.pool_for_emotion_head(states, lengths, inputs["audio_item_index"])
         pooled.append(check_finite(head_input.float(), what))
     return torch.cat(pooled)
 

@@ -192,8 +192,7 @@ class SpeechPreferenceTrainer(DPOTrainer):
         if is_peft_model(unwrapped):
             unwrapped = unwrapped.get_base_model()
         windows = inputs["input_features"].shape[0] // 2
-        speech = unwrapped.model.get_speech_features(inputs["input_features"][:windows], inputs["feature_attention_mask"][:windows])
-        logits = unwrapped.classify_emotion(speech.head_states, speech.head_lengths, audio_item_index)
+        logits = unwrapped.emotion_logits(inputs["input_features"][:windows], inputs["feature_attention_mask"][:windows], audio_item_index)
         loss = F.cross_entropy(logits.float(), emotion_labels)
         metrics = self._metrics["train" if self.model.training else "eval"]
         metrics["emotion_loss"].append(loss.item())

@@ -242,6 +242,17 @@ def test_half_written_checkpoint_names_the_file(saved_checkpoint, clips, capsys)
     assert f"{folder / 'model.safetensors'}: cannot load the weights" in error
 
 
+def test_config_edited_to_another_head_shape_is_named(saved_checkpoint, clips, capsys):
+    folder = clips / "edited"
+    shutil.copytree(saved_checkpoint, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["emotion_pooling"] = "encoder_stats"  # the saved head reads the adapter's mean: another shape
+    (folder / "config.json").write_text(json.dumps(config))
+    manifest = write_jsonl(clips / "ok.jsonl", [{"audio": "0.wav", "emotion": "sad"}])
+    error = fails(capsys, ser(folder, manifest, clips / "out"))
+    assert f"{folder}: the weights' shapes do not match config.json" in error
+
+
 def test_checksums_catch_flipped_bytes_when_asked(clips, capsys):
     from modeling_blsp_emo import BlspEmoProcessor
     from trainers.checkpoints import save_checkpoint

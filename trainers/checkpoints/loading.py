@@ -56,9 +56,14 @@ def load_blsp_emo(
         model = model_class.from_pretrained(path, dtype=parse_dtype(dtype), device_map=device_map)
     except Exception as error:
         broken = unreadable_weight_file(path)
-        if broken is None:
-            raise
-        raise UserInputError(f"cannot load the weights: {broken[1]} (half written or corrupt?)", path=broken[0]) from error
+        if broken is not None:
+            raise UserInputError(f"cannot load the weights: {broken[1]} (half written or corrupt?)", path=broken[0]) from error
+        if "mismatched_sizes" in str(error):  # transformers' size-mismatch report
+            raise UserInputError(
+                "the weights' shapes do not match config.json (was it edited after saving? e.g. emotion_pooling or "
+                "the emotion labels decide the emotion head's shape)", path=path
+            ) from error
+        raise
     return model, BlspEmoProcessor.from_pretrained(path)
 
 

@@ -1,5 +1,7 @@
 """The word-choice judge, the reply measures built on it, and the judge-free reply measures."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -11,6 +13,7 @@ from trainers.evaluation.judge import (
     judge_emotions,
     judge_on_topic,
     on_topic_chance,
+    shared_prefix_length,
 )
 from trainers.evaluation.replies import generate_replies, repeats_ngram, repetition_share, sentence_retrieval
 
@@ -25,13 +28,18 @@ class FavouringModel(torch.nn.Module):
 
     def __init__(self, vocab_size: int, favourite: int):
         super().__init__()
-        self.vocab_size, self.favourite = vocab_size, favourite
         self.device = torch.device("cpu")
+        self.head = torch.nn.Linear(1, vocab_size, bias=False)
+        with torch.no_grad():
+            self.head.weight.zero_()
+            self.head.weight[favourite] = 5.0
 
-    def forward(self, input_ids, attention_mask=None):
-        logits = torch.zeros(*input_ids.shape, self.vocab_size)
-        logits[..., self.favourite] = 5.0
-        return type("Output", (), {"logits": logits})()
+    def base_model(self, input_ids, attention_mask=None, cache=None, use_cache=False):
+        cache = SimpleNamespace(batch_repeat_interleave=lambda repeats: None)
+        return SimpleNamespace(last_hidden_state=torch.ones(*input_ids.shape, 1), cache=cache)
+
+    def get_output_embeddings(self):
+        return self.head
 
 
 def test_judge_picks_the_option_whose_first_token_the_model_favours():
@@ -49,6 +57,25 @@ def test_judge_runs_a_real_chat_model():
     assert [sorted(s) for s in scores] == [["bad", "good"]] * 2
 
 
+def test_shared_prefix_runs_once_and_gives_the_plain_logits():
+    """Chats of different lengths with a common start: the logits after each equal a plain forward of
+    that chat alone (the prefix's keys and values are reused, the suffixes right-padded)."""
+    tokenizer, model = tiny_tokenizer(), tiny_model().eval()
+    judge = WordChoiceJudge(model, tokenizer)
+    chats = ["the same opening words then one", "the same opening words then a much longer ending here", "the same opening"]
+    rows = [tokenizer(chat, add_special_tokens=False)["input_ids"] for chat in chats]
+    assert 0 < shared_prefix_length(rows) < min(map(len, rows))
+    with torch.inference_mode():
+        plain = torch.stack([model(input_ids=torch.tensor([row])).logits[0, -1] for row in rows])
+        assert torch.allclose(judge.next_token_logits(chats), plain, atol=1e-5)
+        assert torch.allclose(judge.next_token_logits(["no shared", "start at all"]), torch.stack([
+            model(input_ids=torch.tensor([tokenizer(c, add_special_tokens=False)["input_ids"]])).logits[0, -1]
+            for c in ["no shared", "start at all"]
+        ]), atol=1e-5)  # fmt: skip
+    assert shared_prefix_length([[1, 2, 3], [1, 2, 3]]) == 2  # identical rows keep a token each
+    assert shared_prefix_length([[1], [1, 2]]) == 0
+
+
 def test_options_must_start_with_distinct_tokens():
     tokenizer = tiny_tokenizer()
     judge = WordChoiceJudge(FavouringModel(len(tokenizer), 0), tokenizer)
@@ -59,14 +86,15 @@ def test_options_must_start_with_distinct_tokens():
 def test_on_topic_compares_the_own_transcript_with_rivals():
     """A reply is on topic when the judge finds it more about its own transcript than about each rival;
     a reply the judge says "yes" to whatever the transcript (generic) is not."""
-    seen = []
+    seen, groups = [], []
 
     class Scripted:
-        def choose(self, questions, options, desc=""):
+        def choose(self, questions, options, desc="", group_size=None):
+            groups.append(group_size)
             seen.extend(questions)
             scores = []
             for question in questions:
-                said, reply = question.split('"')[1], question.split('"')[3]
+                reply, said = question.split('"')[1], question.split('"')[3]
                 shared = len(set(said.split()) & set(reply.split()))
                 scores.append({"yes": 0.9 if reply.startswith("I'm so sorry") else 0.2 + 0.1 * shared, "no": 0.1})
             return scores
@@ -79,6 +107,7 @@ def test_on_topic_compares_the_own_transcript_with_rivals():
     assert on_topic_chance(transcripts) == 0.25
     assert judge_on_topic(Scripted(), ["only one", "only one"], ["x", "y"]) == [True, True]
     assert on_topic_chance(["only one"]) == 1.0
+    assert groups == [4, 1]  # the questions about one reply are judged together (own + rivals)
 
 
 def test_binomial_tail_and_agreement():

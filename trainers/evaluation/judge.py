@@ -19,9 +19,10 @@ EMOTION_QUESTION = (
     'Here is a short text:\n"{reply}"\n\n'
     "Which emotion does the writer of this text express? Answer with exactly one word from: {options}."
 )
+# The reply comes first so that the questions about one reply share it as a prefix (computed once).
 TOPIC_QUESTION = (
-    'Someone said: "{transcript}"\nThen this was written: "{reply}"\n\n'
-    "Is the second text about the same subject as what was said? Answer with exactly one word: yes or no."
+    'Here is a text:\n"{reply}"\n\nSomeone had said: "{transcript}"\n\n'
+    "Is the text about the same subject as what was said? Answer with exactly one word: yes or no."
 )
 TOPIC_RIVALS = 3  # other transcripts each reply is compared against (chance: 1 in 4)
 
@@ -42,20 +43,56 @@ class WordChoiceJudge:
         return ids
 
     @torch.inference_mode()
-    def choose(self, questions: Sequence[str], options: Sequence[str], desc: str = "judging") -> list[dict[str, float]]:
-        """Per question, `{option: probability}` over `options`."""
+    def choose(
+        self, questions: Sequence[str], options: Sequence[str], desc: str = "judging", group_size: int | None = None
+    ) -> list[dict[str, float]]:
+        """Per question, `{option: probability}` over `options`. Questions go in batches of `batch_size`,
+        or of `group_size` when each run of that many consecutive questions shares a long prefix (one
+        reply asked about several transcripts)."""
         option_ids = torch.tensor(self.first_token_ids(options))
+        step = group_size or self.batch_size
         results = []
-        for start in tqdm(range(0, len(questions), self.batch_size), desc=desc, unit="batch", disable=len(questions) <= self.batch_size):
+        for start in tqdm(range(0, len(questions), step), desc=desc, unit="batch", disable=len(questions) <= step):
             chats = [
                 self.tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
-                for q in questions[start : start + self.batch_size]
+                for q in questions[start : start + step]
             ]
-            inputs = self.tokenizer(chats, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
-            logits = self.model(**inputs.to(self.model.device)).logits[:, -1].float()
+            logits = self.next_token_logits(chats)
             probabilities = logits[:, option_ids.to(logits.device)].softmax(-1).tolist()
             results += [dict(zip(options, row)) for row in probabilities]
         return results
+
+    def next_token_logits(self, chats: Sequence[str]) -> torch.Tensor:
+        """`(len(chats), vocab)` float logits of the token after each chat. The chats' common token
+        prefix (chat template and the question's start, or a shared reply) runs once and its keys and
+        values serve every row; the rest runs right-padded and only the last real position of each
+        row goes through the LM head."""
+        rows = [self.tokenizer(chat, add_special_tokens=False)["input_ids"] for chat in chats]
+        shared = shared_prefix_length(rows)
+        device = self.model.device
+        decoder = self.model.base_model
+        cache = None
+        if shared:
+            cache = decoder(input_ids=torch.tensor([rows[0][:shared]], device=device), use_cache=True).cache
+            cache.batch_repeat_interleave(len(rows))
+        rests = [row[shared:] for row in rows]
+        width = max(map(len, rests))
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        input_ids = torch.tensor([rest + [pad] * (width - len(rest)) for rest in rests], device=device)
+        mask = torch.tensor([[1] * (shared + len(rest)) + [0] * (width - len(rest)) for rest in rests], device=device)
+        hidden = decoder(input_ids=input_ids, attention_mask=mask, cache=cache, use_cache=cache is not None)
+        last = torch.tensor([len(rest) - 1 for rest in rests], device=device)
+        states = hidden.last_hidden_state[torch.arange(len(rests), device=device), last]
+        return self.model.get_output_embeddings()(states).float()
+
+
+def shared_prefix_length(rows: Sequence[Sequence[int]]) -> int:
+    """Length of the token prefix common to all rows, leaving each row at least one token of its own."""
+    length = min(map(len, rows)) - 1
+    for position in range(max(length, 0)):
+        if any(row[position] != rows[0][position] for row in rows[1:]):
+            return position
+    return max(length, 0)
 
 
 def best(scores: dict[str, float]) -> str:
@@ -90,7 +127,7 @@ def judge_on_topic(
         for transcript, reply in zip(transcripts, replies)
         for k in range(width)
     ]
-    yes = [scores["yes"] for scores in judge.choose(questions, ["yes", "no"], desc="judging topic")]
+    yes = [scores["yes"] for scores in judge.choose(questions, ["yes", "no"], desc="judging topic", group_size=width)]
     rows = [yes[start : start + width] for start in range(0, len(yes), width)]
     return [all(row[0] > other for other in row[1:]) for row in rows]
 

@@ -279,3 +279,20 @@ def test_the_demo_builds_its_model_with_the_pooling(tmp_path, monkeypatch):
     demo_run.Demo(demo_run.DemoSettings(output=str(tmp_path / "a"), emotion_pooling="encoder_stats")).build()
     demo_run.Demo(demo_run.DemoSettings(output=str(tmp_path / "b"))).build()
     assert [kwargs["emotion_pooling"] for kwargs in built] == ["encoder_stats", "adapter_mean"]
+
+
+@pytest.mark.parametrize("scope", ["audio", "global"])
+def test_the_demo_gives_stage_two_its_lora_scope(tmp_path, monkeypatch, scope):
+    class Prepared(Exception):
+        pass
+
+    def prepare(model, lora):
+        raise Prepared(lora.scope)
+
+    monkeypatch.setattr(demo_run, "load_blsp_emo", lambda path: (object(), None))
+    monkeypatch.setattr(demo_run, "prepare_for_emotion_alignment", prepare)
+    assert build_parser().parse_args(["demo", "--lora-scope", scope]).lora_scope == scope
+    settings = demo_run.DemoSettings(output=str(tmp_path), warm_start_head=False, lora_scope=scope)
+    with pytest.raises(Prepared, match=scope):
+        demo_run.Demo(settings).train_stage2()
+    assert demo_run.DemoSettings(output=str(tmp_path)).lora_scope == "audio"

@@ -13,9 +13,9 @@ from trainers.evaluation.judge import (
     judge_emotions,
     judge_on_topic,
     on_topic_chance,
-    shared_prefix_length,
 )
 from trainers.evaluation.replies import generate_replies, repeats_ngram, repetition_share, sentence_retrieval
+from trainers.evaluation.shared_prefix import shared_prefix_length
 
 from conftest import noise
 from tiny_models import tiny_model, tiny_tokenizer
@@ -74,6 +74,7 @@ def test_shared_prefix_runs_once_and_gives_the_plain_logits():
         ]), atol=1e-5)  # fmt: skip
     assert shared_prefix_length([[1, 2, 3], [1, 2, 3]]) == 2  # identical rows keep a token each
     assert shared_prefix_length([[1], [1, 2]]) == 0
+    assert shared_prefix_length([[1, 2, 3, 4], [1, 2, 3, 5]], limit=1) == 1
 
 
 def test_options_must_start_with_distinct_tokens():

@@ -30,6 +30,8 @@ def add_commands(commands) -> None:
     demo.add_argument("--emotion-pooling", dest="emotion_pooling", choices=EMOTION_POOLINGS,
                       help="what the emotion head reads: the adapter's mean embedding (default adapter_mean) or the "
                            "Whisper encoder's pooled statistics (encoder_stats)")
+    demo.add_argument("--lora-scope", dest="lora_scope", choices=("audio", "global"),
+                      help="stage 2's LoRA on the speech positions only (default audio, as the release) or on every position")
     demo.add_argument("--preference-steps", dest="preference_steps", type=int,
                       help="stage 3: DPO steps on emotion preference pairs after stage 2 (needs trl; default 0: skipped)")
     demo.set_defaults(handler=run_demo)

@@ -87,6 +87,8 @@ class DemoSettings:
     warm_start_copies: int = 2  # random-level copies of each clip for the fit (with random_level)
     reply_tokens: int = 32
     lora_rank: int = 8
+    # "audio": LoRA acts on the speech positions only (the release); "global": on every position.
+    lora_scope: str = "audio"
     # Stage 3 (optional, needs trl): DPO steps on emotion preference pairs after stage 2; 0 skips it.
     preference_steps: int = 0
     preference_learning_rate: float = 5e-5
@@ -246,7 +248,7 @@ class Demo:
                 copies=self.settings.warm_start_copies if augment else 1,
             )  # fmt: skip
             self.path("head_warm_start.json").write_text(json.dumps(fit, indent=2))
-        lora = LoraSettings(scope="audio", rank=self.settings.lora_rank, alpha=self.settings.lora_rank)
+        lora = LoraSettings(scope=self.settings.lora_scope, rank=self.settings.lora_rank, alpha=self.settings.lora_rank)
         trained = prepare_for_emotion_alignment(model, lora)
         collator = SpeechContinuationCollator(
             processor, EMOTION_CONTINUATION_INSTRUCTION, label2id=model.config.label2id, augment=augment

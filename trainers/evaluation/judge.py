@@ -15,6 +15,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from trainers.evaluation.shared_prefix import hidden_after_shared_prefix
+
 EMOTION_QUESTION = (
     'Here is a short text:\n"{reply}"\n\n'
     "Which emotion does the writer of this text express? Answer with exactly one word from: {options}."
@@ -63,36 +65,13 @@ class WordChoiceJudge:
         return results
 
     def next_token_logits(self, chats: Sequence[str]) -> torch.Tensor:
-        """`(len(chats), vocab)` float logits of the token after each chat. The chats' common token
-        prefix (chat template and the question's start, or a shared reply) runs once and its keys and
-        values serve every row; the rest runs right-padded and only the last real position of each
-        row goes through the LM head."""
+        """`(len(chats), vocab)` float logits of the token after each chat; the chats' common start runs
+        once (`hidden_after_shared_prefix`) and only each chat's last position goes through the LM head."""
         rows = [self.tokenizer(chat, add_special_tokens=False)["input_ids"] for chat in chats]
-        shared = shared_prefix_length(rows)
-        device = self.model.device
-        decoder = self.model.base_model
-        cache = None
-        if shared:
-            cache = decoder(input_ids=torch.tensor([rows[0][:shared]], device=device), use_cache=True).cache
-            cache.batch_repeat_interleave(len(rows))
-        rests = [row[shared:] for row in rows]
-        width = max(map(len, rests))
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        input_ids = torch.tensor([rest + [pad] * (width - len(rest)) for rest in rests], device=device)
-        mask = torch.tensor([[1] * (shared + len(rest)) + [0] * (width - len(rest)) for rest in rests], device=device)
-        hidden = decoder(input_ids=input_ids, attention_mask=mask, cache=cache, use_cache=cache is not None)
-        last = torch.tensor([len(rest) - 1 for rest in rests], device=device)
-        states = hidden.last_hidden_state[torch.arange(len(rests), device=device), last]
+        hidden, shared = hidden_after_shared_prefix(self.model, rows, self.tokenizer.pad_token_id)
+        last = torch.tensor([len(row) - shared - 1 for row in rows], device=hidden.device)
+        states = hidden[torch.arange(len(rows), device=hidden.device), last]
         return self.model.get_output_embeddings()(states).float()
-
-
-def shared_prefix_length(rows: Sequence[Sequence[int]]) -> int:
-    """Length of the token prefix common to all rows, leaving each row at least one token of its own."""
-    length = min(map(len, rows)) - 1
-    for position in range(max(length, 0)):
-        if any(row[position] != rows[0][position] for row in rows[1:]):
-            return position
-    return max(length, 0)
 
 
 def best(scores: dict[str, float]) -> str:

@@ -14,6 +14,7 @@ from modeling_blsp_emo.prompts import EMOTION_CONTINUATION_INSTRUCTION, NEUTRAL_
 from modeling_blsp_emo.speech_lengths import SAMPLING_RATE
 from processing.collators import IGNORE_INDEX, SpeechContinuationCollator
 from processing.target_generation import load_targets, writing_chat
+from trainers.evaluation.shared_prefix import hidden_after_shared_prefix
 from trainers.training.losses import mean_response_log_probs, predicting_positions
 
 
@@ -40,23 +41,23 @@ def continuation_log_likelihoods(
 @torch.inference_mode()
 def reply_log_likelihoods(model, tokenizer, chat: list[dict], candidates: Sequence[str]) -> list[float]:
     """Mean log-probability per token of each candidate as the assistant's reply to a text `chat`
-    (messages up to the last user turn), through the tokenizer's chat template."""
+    (messages up to the last user turn), through the tokenizer's chat template. The prompt runs once
+    for all candidates; only the positions that predict a reply token go through the LM head."""
     prompt = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     replies = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in candidates]
-    length = len(prompt_ids) + max(len(reply) for reply in replies)
-    padding = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0  # masked: any id serves
-    input_ids = torch.full((len(replies), length), padding, dtype=torch.long)
-    labels = torch.full_like(input_ids, IGNORE_INDEX)
-    attention_mask = torch.zeros_like(input_ids)
+    if not all(replies):
+        raise ValueError("an empty candidate reply has no tokens to score")
+    # The prompt's last token stays unshared: its position predicts each reply's first token.
+    hidden, shared = hidden_after_shared_prefix(
+        model, [prompt_ids + reply for reply in replies], tokenizer.pad_token_id, limit=len(prompt_ids) - 1
+    )
+    labels = torch.full(hidden.shape[:2], IGNORE_INDEX, dtype=torch.long, device=hidden.device)
     for row, reply in enumerate(replies):
-        end = len(prompt_ids) + len(reply)
-        input_ids[row, :end] = torch.tensor(prompt_ids + reply)
-        labels[row, len(prompt_ids) : end] = torch.tensor(reply)
-        attention_mask[row, :end] = 1
-    input_ids, labels, attention_mask = (tensor.to(model.device) for tensor in (input_ids, labels, attention_mask))
+        start = len(prompt_ids) - shared
+        labels[row, start : start + len(reply)] = torch.tensor(reply)
     positions = predicting_positions(labels)
-    logits = check_finite(model(input_ids=input_ids, attention_mask=attention_mask).logits[positions], "raw logits of the replies")
+    logits = check_finite(model.get_output_embeddings()(hidden[positions]), "raw logits of the replies")
     return mean_response_log_probs(logits, labels, positions).tolist()
 
 

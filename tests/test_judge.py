@@ -28,18 +28,14 @@ class FavouringModel(torch.nn.Module):
 
     def __init__(self, vocab_size: int, favourite: int):
         super().__init__()
+        self.vocab_size, self.favourite = vocab_size, favourite
         self.device = torch.device("cpu")
-        self.head = torch.nn.Linear(1, vocab_size, bias=False)
-        with torch.no_grad():
-            self.head.weight.zero_()
-            self.head.weight[favourite] = 5.0
 
-    def base_model(self, input_ids, attention_mask=None, cache=None, use_cache=False):
-        cache = SimpleNamespace(batch_repeat_interleave=lambda repeats: None)
-        return SimpleNamespace(last_hidden_state=torch.ones(*input_ids.shape, 1), cache=cache)
-
-    def get_output_embeddings(self):
-        return self.head
+    def forward(self, input_ids, attention_mask=None, cache=None, use_cache=False, logits_to_keep=0):
+        kept = 1 if isinstance(logits_to_keep, int) else len(logits_to_keep)
+        logits = torch.zeros(len(input_ids), kept, self.vocab_size)
+        logits[..., self.favourite] = 5.0
+        return SimpleNamespace(logits=logits, cache=SimpleNamespace(batch_repeat_interleave=lambda repeats: None))
 
 
 def test_judge_picks_the_option_whose_first_token_the_model_favours():

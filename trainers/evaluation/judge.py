@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from trainers.evaluation.shared_prefix import hidden_after_shared_prefix
+from trainers.evaluation.shared_prefix import logits_after_shared_prefix
 
 EMOTION_QUESTION = (
     'Here is a short text:\n"{reply}"\n\n'
@@ -66,12 +66,10 @@ class WordChoiceJudge:
 
     def next_token_logits(self, chats: Sequence[str]) -> torch.Tensor:
         """`(len(chats), vocab)` float logits of the token after each chat; the chats' common start runs
-        once (`hidden_after_shared_prefix`) and only each chat's last position goes through the LM head."""
+        once (`logits_after_shared_prefix`)."""
         rows = [self.tokenizer(chat, add_special_tokens=False)["input_ids"] for chat in chats]
-        hidden, shared = hidden_after_shared_prefix(self.model, rows, self.tokenizer.pad_token_id)
-        last = torch.tensor([len(row) - shared - 1 for row in rows], device=hidden.device)
-        states = hidden[torch.arange(len(rows), device=hidden.device), last]
-        return self.model.get_output_embeddings()(states).float()
+        last = [[len(row) - 1] for row in rows]
+        return torch.cat(logits_after_shared_prefix(self.model, rows, last, self.tokenizer.pad_token_id))
 
 
 def best(scores: dict[str, float]) -> str:

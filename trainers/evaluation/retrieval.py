@@ -6,15 +6,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from modeling_blsp_emo import BlspEmoForConditionalGeneration, BlspEmoProcessor, load_audio
 from modeling_blsp_emo.numerics import check_finite
 from modeling_blsp_emo.prompts import EMOTION_CONTINUATION_INSTRUCTION, NEUTRAL_SYSTEM_PROMPT
 from modeling_blsp_emo.speech_lengths import SAMPLING_RATE
-from processing.collators import IGNORE_INDEX, SpeechContinuationCollator
+from processing.collators import SpeechContinuationCollator
 from processing.target_generation import load_targets, writing_chat
-from trainers.evaluation.shared_prefix import hidden_after_shared_prefix
+from trainers.evaluation.shared_prefix import logits_after_shared_prefix
 from trainers.training.losses import mean_response_log_probs, predicting_positions
 
 
@@ -42,23 +43,20 @@ def continuation_log_likelihoods(
 def reply_log_likelihoods(model, tokenizer, chat: list[dict], candidates: Sequence[str]) -> list[float]:
     """Mean log-probability per token of each candidate as the assistant's reply to a text `chat`
     (messages up to the last user turn), through the tokenizer's chat template. The prompt runs once
-    for all candidates; only the positions that predict a reply token go through the LM head."""
+    for all candidates; logits are made only where a reply token is predicted."""
     prompt = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     replies = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in candidates]
     if not all(replies):
         raise ValueError("an empty candidate reply has no tokens to score")
-    # The prompt's last token stays unshared: its position predicts each reply's first token.
-    hidden, shared = hidden_after_shared_prefix(
-        model, [prompt_ids + reply for reply in replies], tokenizer.pad_token_id, limit=len(prompt_ids) - 1
-    )
-    labels = torch.full(hidden.shape[:2], IGNORE_INDEX, dtype=torch.long, device=hidden.device)
-    for row, reply in enumerate(replies):
-        start = len(prompt_ids) - shared
-        labels[row, start : start + len(reply)] = torch.tensor(reply)
-    positions = predicting_positions(labels)
-    logits = check_finite(model.get_output_embeddings()(hidden[positions]), "raw logits of the replies")
-    return mean_response_log_probs(logits, labels, positions).tolist()
+    # Position p predicts token p + 1: the prompt's last position predicts each reply's first token.
+    predicting = [range(len(prompt_ids) - 1, len(prompt_ids) + len(reply) - 1) for reply in replies]
+    rows = [prompt_ids + reply for reply in replies]
+    scores = []
+    for reply, logits in zip(replies, logits_after_shared_prefix(model, rows, predicting, tokenizer.pad_token_id)):
+        log_probs = F.log_softmax(check_finite(logits, "raw logits of the replies"), -1)
+        scores.append(log_probs.gather(-1, torch.tensor(reply, device=logits.device)[:, None]).mean().item())
+    return scores
 
 
 def writer_retrieval(

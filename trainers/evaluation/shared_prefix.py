@@ -1,6 +1,7 @@
 """Scoring many texts that start alike with a causal LM: their common token prefix (chat template,
-instruction, a shared reply) runs once, its keys and values serve every row, and the rest runs
-right-padded. The callers put only the positions they need through the LM head."""
+instruction, a shared reply) runs once, its keys and values serve every row, the rest runs
+right-padded, and logits are made only at the positions asked for (through the model's own forward,
+so that any logit scaling or capping of the LLM applies)."""
 
 from collections.abc import Sequence
 
@@ -20,23 +21,31 @@ def shared_prefix_length(rows: Sequence[Sequence[int]], limit: int | None = None
     return length
 
 
-def hidden_after_shared_prefix(
-    model, rows: Sequence[Sequence[int]], pad_id: int | None, limit: int | None = None
-) -> tuple[torch.Tensor, int]:
-    """The decoder's last hidden states `(len(rows), width, hidden)` at each row's tokens after the
-    rows' common prefix (right-padded to the longest), and that prefix's length. `model` is a causal
-    LM (its `base_model` is the decoder); `limit` caps the shared prefix (see `shared_prefix_length`)."""
-    shared = shared_prefix_length(rows, limit)
+def logits_after_shared_prefix(
+    model, rows: Sequence[Sequence[int]], wanted: Sequence[Sequence[int]], pad_id: int | None
+) -> list[torch.Tensor]:
+    """Per row `i`, the float logits `(len(wanted[i]), vocab)` at positions `wanted[i]` of token row
+    `rows[i]` (a position's logits predict the token after it). The rows' common prefix up to the
+    first wanted position runs once; `model` is a causal LM taking `cache` and `logits_to_keep`."""
+    shared = shared_prefix_length(rows, limit=min(min(positions) for positions in wanted))
     device = model.device
-    decoder = model.base_model
     cache = None
     if shared:
-        cache = decoder(input_ids=torch.tensor([list(rows[0][:shared])], device=device), use_cache=True).cache
+        prefix = torch.tensor([list(rows[0][:shared])], device=device)
+        cache = model(input_ids=prefix, use_cache=True, logits_to_keep=1).cache
         cache.batch_repeat_interleave(len(rows))
     rests = [list(row[shared:]) for row in rows]
     width = max(map(len, rests))
     pad = pad_id if pad_id is not None else 0  # masked: any id serves
     input_ids = torch.tensor([rest + [pad] * (width - len(rest)) for rest in rests], device=device)
     mask = torch.tensor([[1] * (shared + len(rest)) + [0] * (width - len(rest)) for rest in rests], device=device)
-    output = decoder(input_ids=input_ids, attention_mask=mask, cache=cache, use_cache=cache is not None)
-    return output.last_hidden_state, shared
+    keep = sorted({position - shared for positions in wanted for position in positions})
+    logits = model(
+        input_ids=input_ids, attention_mask=mask, cache=cache, use_cache=cache is not None,
+        logits_to_keep=torch.tensor(keep, device=device),
+    ).logits  # fmt: skip
+    column = {position: index for index, position in enumerate(keep)}
+    return [
+        logits[row, [column[position - shared] for position in positions]].float()
+        for row, positions in enumerate(wanted)
+    ]

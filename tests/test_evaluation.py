@@ -217,6 +217,31 @@ def test_reply_log_likelihoods_match_each_reply_scored_alone(processor):
         assert score == pytest.approx(expected, abs=1e-4)
 
 
+def test_continuation_log_likelihoods_match_the_plain_batch(processor):
+    """The clip encoded once and its prompt run once give what one padded batch of clip + candidate
+    rows gives (the collator's training layout)."""
+    import torch
+
+    from modeling_blsp_emo.prompts import EMOTION_CONTINUATION_INSTRUCTION
+    from processing.collators import SpeechContinuationCollator
+    from trainers.evaluation.retrieval import continuation_log_likelihoods
+    from trainers.training.losses import mean_response_log_probs, predicting_positions
+
+    model = tiny_model().eval()
+    clip = {"array": noise(12000, 3), "sampling_rate": 16000}
+    candidates = ["the dog runs far away", "sleeps", "barks at the fox all day long", "the dog runs home"]
+    scores = continuation_log_likelihoods(model, processor, clip, candidates)
+    batch = SpeechContinuationCollator(processor, EMOTION_CONTINUATION_INSTRUCTION)(
+        [{"audio": clip, "target": text, "truncated": False} for text in candidates]
+    )
+    labels = batch.pop("labels")
+    positions = predicting_positions(labels)
+    with torch.inference_mode():
+        expected = mean_response_log_probs(model(**batch, logits_to_keep=positions).logits, labels, positions)
+    assert scores == pytest.approx(expected.tolist(), abs=1e-4)
+    assert len(set(scores)) == len(candidates)
+
+
 def test_writer_retrieval_is_told_the_emotion_and_leaves_out_ambiguous_sentences(monkeypatch):
     import trainers.evaluation.retrieval as retrieval_module
 

@@ -12,11 +12,9 @@ from tqdm.auto import tqdm
 from modeling_blsp_emo import BlspEmoForConditionalGeneration, BlspEmoProcessor, load_audio
 from modeling_blsp_emo.numerics import check_finite
 from modeling_blsp_emo.prompts import EMOTION_CONTINUATION_INSTRUCTION, NEUTRAL_SYSTEM_PROMPT
-from modeling_blsp_emo.speech_lengths import SAMPLING_RATE
 from processing.collators import SpeechContinuationCollator
 from processing.target_generation import load_targets, writing_chat
 from trainers.evaluation.shared_prefix import logits_after_shared_prefix
-from trainers.training.losses import mean_response_log_probs, predicting_positions
 
 
 @torch.inference_mode()
@@ -28,15 +26,25 @@ def continuation_log_likelihoods(
     instruction: str = EMOTION_CONTINUATION_INSTRUCTION,
 ) -> list[float]:
     """Mean log-probability per token of each candidate continuation, given `instruction` (default:
-    the stage-2 one) and the speech."""
+    the stage-2 one) and the speech. The clip is encoded once and the prompt with its speech runs
+    once for all candidates."""
     collator = SpeechContinuationCollator(processor, instruction)
-    clip = {"array": load_audio(audio), "sampling_rate": SAMPLING_RATE}
-    batch = collator([{"audio": clip, "target": text, "truncated": False} for text in candidates])
-    batch = {name: tensor.to(model.device) for name, tensor in batch.items()}
-    labels = batch.pop("labels")
-    positions = predicting_positions(labels)
-    logits = check_finite(model(**batch, logits_to_keep=positions).logits, "raw logits of the candidate continuations")
-    return mean_response_log_probs(logits, labels, positions).tolist()
+    clip = load_audio(audio)
+    prompt = collator.speech_prompts([clip])[0]
+    responses = collator.tokenize([collator.chat.response(text, False) for text in candidates])
+    predicting = [range(len(prompt) - 1, len(prompt) + len(response) - 1) for response in responses]
+    features = processor.audio_features([clip])
+    features.pop("audio_item_index")
+    all_logits = logits_after_shared_prefix(
+        model, [prompt + response for response in responses], predicting, collator.pad_id, prefix_inputs=features
+    )
+    return [mean_log_prob(logits, response) for logits, response in zip(all_logits, responses)]
+
+
+def mean_log_prob(logits: torch.Tensor, tokens: Sequence[int]) -> float:
+    """Mean log-probability of `tokens` under the rows of `logits` that predict them."""
+    log_probs = F.log_softmax(check_finite(logits, "raw logits of the candidate continuations"), -1)
+    return log_probs.gather(-1, torch.tensor(tokens, device=logits.device)[:, None]).mean().item()
 
 
 @torch.inference_mode()
@@ -52,11 +60,8 @@ def reply_log_likelihoods(model, tokenizer, chat: list[dict], candidates: Sequen
     # Position p predicts token p + 1: the prompt's last position predicts each reply's first token.
     predicting = [range(len(prompt_ids) - 1, len(prompt_ids) + len(reply) - 1) for reply in replies]
     rows = [prompt_ids + reply for reply in replies]
-    scores = []
-    for reply, logits in zip(replies, logits_after_shared_prefix(model, rows, predicting, tokenizer.pad_token_id)):
-        log_probs = F.log_softmax(check_finite(logits, "raw logits of the replies"), -1)
-        scores.append(log_probs.gather(-1, torch.tensor(reply, device=logits.device)[:, None]).mean().item())
-    return scores
+    all_logits = logits_after_shared_prefix(model, rows, predicting, tokenizer.pad_token_id)
+    return [mean_log_prob(logits, reply) for logits, reply in zip(all_logits, replies)]
 
 
 def writer_retrieval(

@@ -22,17 +22,25 @@ def shared_prefix_length(rows: Sequence[Sequence[int]], limit: int | None = None
 
 
 def logits_after_shared_prefix(
-    model, rows: Sequence[Sequence[int]], wanted: Sequence[Sequence[int]], pad_id: int | None
+    model,
+    rows: Sequence[Sequence[int]],
+    wanted: Sequence[Sequence[int]],
+    pad_id: int | None,
+    prefix_inputs: dict[str, torch.Tensor] | None = None,
 ) -> list[torch.Tensor]:
     """Per row `i`, the float logits `(len(wanted[i]), vocab)` at positions `wanted[i]` of token row
     `rows[i]` (a position's logits predict the token after it). The rows' common prefix up to the
-    first wanted position runs once; `model` is a causal LM taking `cache` and `logits_to_keep`."""
+    first wanted position runs once; `model` is a causal LM taking `cache` and `logits_to_keep`.
+    `prefix_inputs` go with the prefix alone (e.g. the audio features of the speech it holds)."""
     shared = shared_prefix_length(rows, limit=min(min(positions) for positions in wanted))
     device = model.device
+    if prefix_inputs and not shared:
+        raise ValueError("the rows share no prefix to carry the prefix inputs (e.g. the speech)")
     cache = None
     if shared:
         prefix = torch.tensor([list(rows[0][:shared])], device=device)
-        cache = model(input_ids=prefix, use_cache=True, logits_to_keep=1).cache
+        extra = {name: tensor.to(device) for name, tensor in (prefix_inputs or {}).items()}
+        cache = model(input_ids=prefix, use_cache=True, logits_to_keep=1, **extra).cache
         cache.batch_repeat_interleave(len(rows))
     rests = [list(row[shared:]) for row in rows]
     width = max(map(len, rests))

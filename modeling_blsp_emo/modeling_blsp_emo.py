@@ -162,11 +162,9 @@ class SpeechEmbeddingMixin:
         if self.config.emotion_pooling == "adapter_mean":
             embeds, lengths = self.get_audio_features(input_features, feature_attention_mask)
             return SpeechFeatures(embeds, lengths, embeds, lengths)
-        hidden_states, lengths, middle_states = self.encode_speech(
-            input_features, feature_attention_mask, self.config.encoder_middle_layer
-        )
+        hidden_states, lengths, head_states = self.encode_with_middle_layer(input_features, feature_attention_mask)
         embeds, embed_lengths = self.adapter(hidden_states, lengths)
-        return SpeechFeatures(embeds, embed_lengths, torch.cat([hidden_states, middle_states], -1), lengths)
+        return SpeechFeatures(embeds, embed_lengths, head_states, lengths)
 
     def get_emotion_head_states(
         self, input_features: torch.Tensor, feature_attention_mask: torch.Tensor | None = None
@@ -175,10 +173,18 @@ class SpeechEmbeddingMixin:
         whose output the head does not read, is not run."""
         if self.config.emotion_pooling == "adapter_mean":
             return self.get_audio_features(input_features, feature_attention_mask)
+        _, lengths, head_states = self.encode_with_middle_layer(input_features, feature_attention_mask)
+        return head_states, lengths
+
+    def encode_with_middle_layer(
+        self, input_features: torch.Tensor, feature_attention_mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The encoder's last hidden states, their real lengths, and the `"encoder_stats"` head's states:
+        the last layer and the middle layer's output side by side `(clips, frames, 2 * d_model)`."""
         hidden_states, lengths, middle_states = self.encode_speech(
             input_features, feature_attention_mask, self.config.encoder_middle_layer
         )
-        return torch.cat([hidden_states, middle_states], -1), lengths
+        return hidden_states, lengths, torch.cat([hidden_states, middle_states], -1)
 
     def encode_speech(
         self, input_features: torch.Tensor, feature_attention_mask: torch.Tensor | None, middle_layer: int | None = None

@@ -38,12 +38,13 @@ def continuation_log_likelihoods(
     all_logits = logits_after_shared_prefix(
         model, [prompt + response for response in responses], predicting, collator.pad_id, prefix_inputs=features
     )
-    return [mean_log_prob(logits, response) for logits, response in zip(all_logits, responses)]
+    return [mean_log_prob(logits, response, "the candidate continuations") for logits, response in zip(all_logits, responses)]
 
 
-def mean_log_prob(logits: torch.Tensor, tokens: Sequence[int]) -> float:
-    """Mean log-probability of `tokens` under the rows of `logits` that predict them."""
-    log_probs = F.log_softmax(check_finite(logits, "raw logits of the candidate continuations"), -1)
+def mean_log_prob(logits: torch.Tensor, tokens: Sequence[int], what: str) -> float:
+    """Mean log-probability of `tokens` under the rows of `logits` that predict them; raises naming
+    `what` when the logits hold NaN or inf."""
+    log_probs = F.log_softmax(check_finite(logits, f"raw logits of {what}"), -1)
     return log_probs.gather(-1, torch.tensor(tokens, device=logits.device)[:, None]).mean().item()
 
 
@@ -61,7 +62,7 @@ def reply_log_likelihoods(model, tokenizer, chat: list[dict], candidates: Sequen
     predicting = [range(len(prompt_ids) - 1, len(prompt_ids) + len(reply) - 1) for reply in replies]
     rows = [prompt_ids + reply for reply in replies]
     all_logits = logits_after_shared_prefix(model, rows, predicting, tokenizer.pad_token_id)
-    return [mean_log_prob(logits, reply) for logits, reply in zip(all_logits, replies)]
+    return [mean_log_prob(logits, reply, "the replies") for logits, reply in zip(all_logits, replies)]
 
 
 def writer_retrieval(

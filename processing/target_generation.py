@@ -33,8 +33,29 @@ def semantic_prompt(example: dict) -> str:
 
 
 def emotion_prompt(example: dict) -> str:
-    """Stage 2: continue the transcript in its true emotion."""
+    """Stage 2: continue the transcript in its true emotion (the release's wording)."""
     return emotion_target_instruction(example["emotion"]) + example["text"]
+
+
+# The release's wording ("... reflects a 'sad' emotion tone ...") leaves a 1.5B writer's continuations
+# often flat: a judge read the intended emotion in 45 % of them (47.5 % with the demonstration), against
+# 60 % with this wording, which has the writer speak as someone who feels the emotion (40 targets, 8
+# sentences; docs/demo_history.md). For writers other than the model's own LLM; off by default.
+VIVID_EMOTION_INSTRUCTION = (
+    "Someone who feels {feeling} just said the sentence below. Continue it in their voice with one short "
+    "sentence that makes it obvious they feel {feeling}: "
+)
+# How a label reads after "feels"; other labels read as themselves.
+FEELINGS = {"neutral": "calm and matter-of-fact", "surprise": "surprised"}
+
+
+def vivid_emotion_instruction(emotion: str) -> str:
+    return VIVID_EMOTION_INSTRUCTION.format(feeling=FEELINGS.get(emotion, emotion))
+
+
+def vivid_emotion_prompt(example: dict) -> str:
+    """Stage 2: continue the transcript as its speaker, making the true emotion plain."""
+    return vivid_emotion_instruction(example["emotion"]) + example["text"]
 
 
 # One worked example per release emotion, shown to the LLM before the real request (as an earlier
@@ -58,6 +79,16 @@ def emotion_demonstration(example: dict) -> list[dict]:
         {"role": "user", "content": emotion_target_instruction(example["emotion"]) + sentence},
         {"role": "assistant", "content": continuation},
     ]
+
+
+# `generate-targets --emotion-wording` / the demo's `writer_wording`: the prompt, and the demonstration
+# that `--demonstrations` shows before it. The vivid wording has none: shown one, the 1.5B writer
+# copied its reply word for word into 15 of 40 angry targets (none with the release wording), and it
+# reads as emotional without one (60 % either way).
+EMOTION_WORDINGS = {
+    "release": (emotion_prompt, emotion_demonstration),
+    "vivid": (vivid_emotion_prompt, None),
+}
 
 
 def json_fields(example: dict) -> dict:

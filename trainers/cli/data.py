@@ -39,6 +39,11 @@ def add_commands(commands) -> None:
         "--demonstrations", action="store_true",
         help="with --emotion: show the LLM one worked example per emotion first (helps small LLMs; release labels only)",
     )
+    targets.add_argument(
+        "--emotion-wording", choices=["release", "vivid"], default="release",
+        help="with --emotion: the release's instruction, or one that has the writer speak as someone who feels the "
+             "emotion (plainer emotion from small outside writers)",
+    )
     add_audio_check_options(targets)
     targets.add_argument("--split", default="train")
     targets.add_argument("--streaming", action="store_true", help="stream the data instead of loading it")
@@ -78,13 +83,7 @@ def run_generate_targets(args: argparse.Namespace) -> int:
     from processing.emotion_labels import LabelMapper, parse_label_map
     from processing.errors import output_folder
     from processing.manifests import interleave, load_speech_dataset
-    from processing.target_generation import (
-        emotion_demonstration,
-        emotion_prompt,
-        generate_targets,
-        load_targets,
-        semantic_prompt,
-    )
+    from processing.target_generation import EMOTION_WORDINGS, generate_targets, load_targets, semantic_prompt
     from trainers.checkpoints import load_text_generator
     from trainers.checkpoints.bundled import resolve_model_spec
 
@@ -110,6 +109,9 @@ def run_generate_targets(args: argparse.Namespace) -> int:
     dataset = interleave(sources, args.probabilities, args.seed)
     writer = resolve_model_spec(args.writer) if args.writer else args.model
     model, tokenizer = load_text_generator(writer, args.dtype, device_map={"": state.device})
+    emotion_prompt, emotion_demonstration = EMOTION_WORDINGS[args.emotion_wording]
+    if args.demonstrations and emotion_demonstration is None:
+        raise SystemExit(f"--demonstrations: the {args.emotion_wording} wording has no worked examples (use the release wording)")
     generate_targets(
         model, tokenizer, dataset, args.output,
         prompt=emotion_prompt if args.emotion else semantic_prompt,

@@ -22,6 +22,12 @@ def add_commands(commands) -> None:
     demo.add_argument("--llm", help="LLM to build from (default bundled:smollm2-135m-instruct)")
     demo.add_argument("--writer", help="LLM that writes the stage-2 targets (default: the model's own; e.g. "
                                        "bundled:qwen2.5-coder-1.5b-instruct)")
+    demo.add_argument("--writer-wording", dest="writer_wording", choices=("release", "vivid"),
+                      help="how the stage-2 targets are asked for: the release's instruction (default) or one that has "
+                           "the writer speak as someone who feels the emotion")
+    demo.add_argument("--label-word-weight", dest="label_word_weight", type=float,
+                      help="stage 2: weight of a loss that draws the adapter's mean speech embedding toward the LLM's "
+                           "embedding of the clip's emotion name (default 0: off)")
     demo.add_argument("--judge", help="LLM that reads the replies for the judged measures (default: none)")
     demo.add_argument("--random-level", dest="random_level", action="store_true", default=None,
                       help="train stage 2 on clips at random peak levels (prosody, not loudness)")

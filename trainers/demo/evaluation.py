@@ -12,7 +12,7 @@ from modeling_blsp_emo import PIPELINE_TASK
 from modeling_blsp_emo.prompts import EMOTION_CONTINUATION_INSTRUCTION
 from modeling_blsp_emo.speech_lengths import SAMPLING_RATE
 from processing.manifests import write_jsonl
-from processing.target_generation import continue_texts, emotion_demonstration, emotion_prompt, semantic_prompt
+from processing.target_generation import EMOTION_WORDINGS, continue_texts, semantic_prompt
 from trainers.checkpoints import load_blsp_emo, load_text_generator
 from trainers.checkpoints.bundled import resolve_model_spec
 from trainers.demo.reply_evaluation import judge_calibration, judge_replies
@@ -57,6 +57,7 @@ def evaluate_demo(
     demonstrations: bool,
     cascade: bool,
     writer: str | None = None,
+    writer_wording: str = "release",
     judge: str | None = None,
     helper_dtype: str | None = None,
     reply_tokens: int = 32,
@@ -64,8 +65,9 @@ def evaluate_demo(
     """Evaluate the demo's checkpoints in `root` on the held-out `rows` and write `results.json`.
 
     `encoder` is the Whisper the cascade transcribes with; `demonstrations` says whether the targets
-    were written with worked examples (the writer's ceiling is scored with the same prompt); `writer`
-    is the LLM that wrote the stage-2 targets (None: the base model's) and `judge` the LLM that reads
+    were written with worked examples and `writer_wording` in which wording (the writer's ceiling is
+    scored with the same prompt); `writer` is the LLM that wrote the stage-2 targets (None: the base
+    model's) and `judge` the LLM that reads
     the replies (None: no judged measures), both loaded in `helper_dtype`."""
     labels = json.loads((root / "base" / "config.json").read_text())["id2label"]
     labels = [labels[key] for key in sorted(labels, key=int)]
@@ -90,6 +92,7 @@ def evaluate_demo(
     writer_model, writer_tokenizer = (
         load_text_generator(writer, helper_dtype) if writer else (base, base_processor.tokenizer)
     )
+    emotion_prompt, emotion_demonstration = EMOTION_WORDINGS[writer_wording]
     results["writer_retrieval"] = writer_retrieval(
         writer_model.eval(), writer_tokenizer, targets, labels, [row["text"] for row in rows], emotion_prompt,
         emotion_demonstration if demonstrations else None,

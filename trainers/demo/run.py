@@ -23,13 +23,7 @@ from processing.collators import SpeechContinuationCollator
 from processing.manifests import read_manifest
 from processing.resume import check_settings
 from processing.synthetic.synth_corpus import synthesize_corpus
-from processing.target_generation import (
-    emotion_demonstration,
-    emotion_prompt,
-    generate_targets,
-    load_targets,
-    semantic_prompt,
-)
+from processing.target_generation import EMOTION_WORDINGS, generate_targets, load_targets, semantic_prompt
 from trainers.checkpoints import build_blsp_emo, load_blsp_emo, load_text_generator, save_checkpoint
 from trainers.checkpoints.bundled import resolve_model_spec
 from trainers.demo.evaluation import evaluate_demo, held_out_clips, pipeline_examples
@@ -37,6 +31,7 @@ from trainers.demo.report import write_report
 from trainers.evaluation.head_calibration import calibrate_checkpoint
 from trainers.training.emotion_alignment import EmotionAlignmentTrainer, LoraSettings, finalize, prepare_for_emotion_alignment
 from trainers.training.head_warm_start import warm_start_emotion_head
+from trainers.training.label_words import label_word_ids
 from trainers.training.semantic_alignment import SemanticAlignmentTrainer
 from trainers.training.train_preference import PreferenceArguments, dpo_config_class, train_preference
 
@@ -72,12 +67,19 @@ class DemoSettings:
     stage2_steps: int = 100
     stage2_learning_rate: float = 5e-4
     emotion_loss_weight: float = 2.0
+    # Weight of stage 2's label-word loss (trainers.training.label_words): the adapter's mean embedding
+    # should lie closest to the LLM's embedding of the clip's emotion name. 0 leaves it out.
+    label_word_weight: float = 0.0
     # The pretrained Whisper encoder and the fresh emotion head learn best well below the LoRA and
     # adapter rate: at 5e-4 (encoder) and 5e-3 (head) the head stalled at chance in some runs.
     head_learning_rate: float = 2e-4
     encoder_learning_rate: float = 1e-4
     emotion_demonstrations: bool = True
     writer: str | None = None
+    # How the stage-2 targets are asked for (processing.target_generation.EMOTION_WORDINGS): "release",
+    # or "vivid" (the writer speaks as someone who feels the emotion; for an outside writer; it shows
+    # no demonstration whatever `emotion_demonstrations` says).
+    writer_wording: str = "release"
     judge: str | None = None
     helper_dtype: str = "bfloat16"  # writer and judge: half the memory traffic of float32 on CPUs
     random_level: bool = False
@@ -194,9 +196,10 @@ class Demo:
     def stage2_targets(self) -> None:
         pairs = sorted({(row["text"], row["emotion"]) for name in ("train", "validation", "test") for row in self.split(name)})
         # SmolLM2-135M continues a sentence alike for every emotion unless shown an example first.
-        demonstration = emotion_demonstration if self.settings.emotion_demonstrations else None
+        prompt, demonstration = EMOTION_WORDINGS[self.settings.writer_wording]
+        demonstration = demonstration if self.settings.emotion_demonstrations else None
         rows = [{"text": t, "emotion": e} for t, e in pairs]
-        self.write_targets("targets_stage2", rows, emotion_prompt, demonstration, writer=self.settings.writer)
+        self.write_targets("targets_stage2", rows, prompt, demonstration, writer=self.settings.writer)
 
     def with_targets(self, split: str, folder: str, by_emotion: bool) -> list[dict]:
         """Clips of a split joined with their text's (and emotion's) target; refusals drop out."""
@@ -260,6 +263,8 @@ class Demo:
             data_collator=collator, er_weight=self.settings.emotion_loss_weight,
             head_learning_rate=self.settings.head_learning_rate,
             encoder_learning_rate=self.settings.encoder_learning_rate,
+            label_word_weight=self.settings.label_word_weight,
+            label_word_ids=label_word_ids(processor.tokenizer, model.config.emotion_labels) if self.settings.label_word_weight else None,
         )
         self.train(trainer, "stage2")
         save_checkpoint(finalize(trainer.model), processor, self.path("final"))
@@ -299,7 +304,7 @@ class Demo:
         evaluate_demo(
             self.root, self.test_clips(), encoder=settings.encoder, batch_size=settings.batch_size,
             demonstrations=settings.emotion_demonstrations, cascade=settings.cascade,
-            writer=resolve_model_spec(settings.writer) if settings.writer else None,
+            writer=resolve_model_spec(settings.writer) if settings.writer else None, writer_wording=settings.writer_wording,
             judge=resolve_model_spec(settings.judge) if settings.judge else None,
             helper_dtype=settings.helper_dtype, reply_tokens=settings.reply_tokens,
         )

@@ -13,6 +13,7 @@ from torch import nn
 
 from modeling_blsp_emo import BlspEmoForConditionalGeneration
 from trainers.training.base import AlignmentTrainer, set_trainable
+from trainers.training.label_words import label_word_embeddings, label_word_loss
 from trainers.training.losses import (
     chunked_cross_entropy,
     frozen_head_logits,
@@ -85,7 +86,11 @@ def finalize(model: nn.Module) -> BlspEmoForConditionalGeneration:
 
 class EmotionAlignmentTrainer(AlignmentTrainer):
     """`Trainer` for stage 2. Batches come from `SpeechContinuationCollator(label2id=...)`; the loss
-    is `lm_loss + er_weight * emotion_loss`; logs both and the emotion head's accuracy."""
+    is `lm_loss + er_weight * emotion_loss`; logs both and the emotion head's accuracy.
+
+    With `label_word_weight` > 0 (and `label_word_ids`, from `label_words.label_word_ids` in the order of
+    the model's labels) the loss adds that weight × `label_word_loss`: the adapter's mean speech
+    embedding of each clip should lie closest to the LLM's embedding of its emotion's name."""
 
     def __init__(
         self,
@@ -93,12 +98,18 @@ class EmotionAlignmentTrainer(AlignmentTrainer):
         er_weight: float = 1.0,
         head_learning_rate: float | None = None,
         encoder_learning_rate: float | None = None,
+        label_word_weight: float = 0.0,
+        label_word_ids: list[list[int]] | None = None,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
+        if label_word_weight and not label_word_ids:
+            raise ValueError("label_word_weight needs label_word_ids (label_words.label_word_ids(tokenizer, labels))")
         self.er_weight = er_weight
         self.head_learning_rate = head_learning_rate
         self.encoder_learning_rate = encoder_learning_rate
+        self.label_word_weight = label_word_weight
+        self.label_word_ids = label_word_ids
 
     def create_optimizer(self, *args, **kwargs):
         """Optionally give the (small, freshly initialised) emotion head and the (pretrained, easily
@@ -136,4 +147,11 @@ class EmotionAlignmentTrainer(AlignmentTrainer):
         loss = lm_loss + self.er_weight * outputs.emotion_loss
         accuracy = (outputs.emotion_logits.argmax(-1) == inputs["emotion_labels"]).float().mean()
         self.record(lm_loss=lm_loss, emotion_loss=outputs.emotion_loss, emotion_accuracy=accuracy)
+        if self.label_word_weight:
+            names = label_word_embeddings(unwrapped.get_input_embeddings(), self.label_word_ids)
+            word_loss = label_word_loss(
+                outputs.audio_embeds, outputs.audio_lengths, names, inputs["emotion_labels"], inputs.get("audio_item_index")
+            )
+            loss = loss + self.label_word_weight * word_loss
+            self.record(label_word_loss=word_loss)
         return (loss, outputs) if return_outputs else loss

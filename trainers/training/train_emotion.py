@@ -14,6 +14,7 @@ from trainers.checkpoints.loading import load_blsp_emo
 from trainers.training.base import save_trained_weights
 from trainers.training.emotion_alignment import EmotionAlignmentTrainer, LoraSettings, finalize, prepare_for_emotion_alignment
 from trainers.training.head_warm_start import warm_start_emotion_head
+from trainers.training.label_words import label_word_ids
 
 
 @dataclass
@@ -29,6 +30,11 @@ class EmotionAlignmentArguments:
     lora_target_modules: str | None = field(default=None, metadata={"help": "comma-separated layer names; default all"})
     freeze_encoder: bool = field(default=False, metadata={"help": "keep the Whisper encoder frozen"})
     er_weight: float = field(default=1.0, metadata={"help": "weight of the emotion-classification loss"})
+    label_word_weight: float = field(
+        default=0.0,
+        metadata={"help": "weight of a loss that draws the adapter's mean speech embedding toward the LLM's embedding of "
+                  "the clip's emotion name (for emotion_pooling=encoder_stats, whose head loss does not reach the adapter)"},
+    )  # fmt: skip
     head_learning_rate: float | None = field(default=None, metadata={"help": "own learning rate for the emotion head"})
     encoder_learning_rate: float | None = field(
         default=None, metadata={"help": "own learning rate for the Whisper encoder (lower than the LoRA/adapter one)"}
@@ -72,7 +78,8 @@ def train_emotion(arguments: EmotionAlignmentArguments, training: TrainingArgume
         model=trained, args=training, train_dataset=train_records,
         eval_dataset=load_targets(arguments.eval_targets, **checks) if arguments.eval_targets else None,
         data_collator=collator, er_weight=arguments.er_weight, head_learning_rate=arguments.head_learning_rate,
-        encoder_learning_rate=arguments.encoder_learning_rate,
+        encoder_learning_rate=arguments.encoder_learning_rate, label_word_weight=arguments.label_word_weight,
+        label_word_ids=label_word_ids(processor.tokenizer, model.config.emotion_labels) if arguments.label_word_weight else None,
         eval_data_collator=SpeechContinuationCollator(
             processor, EMOTION_CONTINUATION_INSTRUCTION, label2id=model.config.label2id
         ),

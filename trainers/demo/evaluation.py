@@ -67,8 +67,8 @@ def evaluate_demo(
     `encoder` is the Whisper the cascade transcribes with; `demonstrations` says whether the targets
     were written with worked examples and `writer_wording` in which wording (the writer's ceiling is
     scored with the same prompt); `writer` is the LLM that wrote the stage-2 targets (None: the base
-    model's) and `judge` the LLM that reads
-    the replies (None: no judged measures), both loaded in `helper_dtype`."""
+    model's) and `judge` the LLM that reads the replies (None: no judged measures), both loaded in
+    `helper_dtype`."""
     labels = json.loads((root / "base" / "config.json").read_text())["id2label"]
     labels = [labels[key] for key in sorted(labels, key=int)]
     targets = retrieval_targets(root / "targets_stage2")

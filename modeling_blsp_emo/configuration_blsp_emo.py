@@ -52,6 +52,12 @@ class BlspEmoConfig(PreTrainedConfig):
             `layers[encoder_layers // 2 - 1]`, concatenated as [mean(last), std(last), mean(middle),
             std(middle)] (head input size: 4 × the encoder's `d_model`); these statistics carry more of
             the voice's prosody. Checkpoints saved without the field load as `"adapter_mean"`.
+        emotion_token (`bool`, defaults to `False`): after each ≤30-s window's speech embeddings the LLM
+            reads one more embedding, the emotion token: the emotion head's probabilities for that
+            window (softmax of its raw logits, temperature 1) times a table of one embedding per
+            emotion (`emotion_token_embeddings`, initialised from the LLM's embeddings of the emotion
+            names). The placeholder count per window is then one more (the processor's
+            `emotion_token` must match). Off in the original release.
     """
 
     model_type = "blsp_emo"
@@ -75,6 +81,7 @@ class BlspEmoConfig(PreTrainedConfig):
     lm_head_bias: bool = False
     emotion_temperature: float = 1.0
     emotion_pooling: Literal["adapter_mean", "encoder_stats"] = "adapter_mean"
+    emotion_token: bool = False
     tie_word_embeddings: bool | None = None
     blsp_emo_version: str = __version__
 

@@ -318,8 +318,16 @@ class BlspEmoModel(SpeechEmbeddingMixin, BlspEmoPreTrainedModel):
         cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
+        speech: SpeechFeatures | None = None,
+        speech_suffix: torch.Tensor | None = None,
         **kwargs,
     ) -> BlspEmoModelOutputWithPast:
+        r"""
+        speech (`SpeechFeatures`, *optional*): `get_speech_features(input_features, feature_attention_mask)`
+            when the caller has already computed it.
+        speech_suffix (`torch.Tensor` of shape `(windows, hidden)`, *optional*): one more embedding per
+            window, placed after that window's speech embeddings (the emotion token).
+        """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
         if inputs_embeds is None:
@@ -327,10 +335,14 @@ class BlspEmoModel(SpeechEmbeddingMixin, BlspEmoPreTrainedModel):
 
         audio_embeds = audio_lengths = head_states = head_lengths = None
         if input_features is not None:
-            speech = self.get_speech_features(input_features, feature_attention_mask)
+            if speech is None:
+                speech = self.get_speech_features(input_features, feature_attention_mask)
             audio_embeds, audio_lengths, head_states, head_lengths = speech
+            merged, merged_lengths = audio_embeds, audio_lengths
+            if speech_suffix is not None:
+                merged, merged_lengths = append_to_windows(audio_embeds, audio_lengths, speech_suffix)
             speech_mask = self.placeholder_mask(input_ids, inputs_embeds)
-            inputs_embeds = self.merge_speech_embeddings(inputs_embeds, speech_mask, audio_embeds, audio_lengths)
+            inputs_embeds = self.merge_speech_embeddings(inputs_embeds, speech_mask, merged, merged_lengths)
             if self.has_masked_lora:
                 kwargs["lora_mask"] = speech_mask
         elif input_ids is not None and self.config.audio_token_id is not None:
@@ -357,6 +369,16 @@ class BlspEmoModel(SpeechEmbeddingMixin, BlspEmoPreTrainedModel):
             emotion_head_states=head_states,
             emotion_head_lengths=head_lengths,
         )
+
+
+def append_to_windows(
+    audio_embeds: torch.Tensor, audio_lengths: torch.Tensor, suffix: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(windows, steps + 1, hidden)` embeddings with `suffix[w]` right after window w's real ones, and
+    the lengths one longer."""
+    padded = torch.cat([audio_embeds, audio_embeds.new_zeros(audio_embeds.shape[0], 1, audio_embeds.shape[-1])], 1)
+    index = audio_lengths.to(padded.device)[:, None, None].expand(-1, 1, padded.shape[-1])
+    return padded.scatter(1, index, suffix[:, None, :].to(padded.dtype)), audio_lengths + 1
 
 
 def pool_speech_embeddings(
@@ -409,10 +431,15 @@ def pool_encoder_statistics(
 
 
 def windows_per_row(
-    input_ids: torch.Tensor, audio_token_id: int, feature_attention_mask: torch.Tensor, conv_kernel_sizes: tuple[int, ...]
+    input_ids: torch.Tensor,
+    audio_token_id: int,
+    feature_attention_mask: torch.Tensor,
+    conv_kernel_sizes: tuple[int, ...],
+    emotion_token: bool = False,
 ) -> list[int]:
     """How many consecutive audio windows belong to each prompt row (windows fill placeholders in order)."""
-    window_sizes = embeddings_from_frames(feature_attention_mask.sum(-1).long(), conv_kernel_sizes).tolist()
+    frames = feature_attention_mask.sum(-1).long()
+    window_sizes = (embeddings_from_frames(frames, conv_kernel_sizes) + int(emotion_token)).tolist()
     counts, window = [], 0
     for placeholders in (input_ids == audio_token_id).sum(-1).tolist():
         start = window
@@ -436,6 +463,9 @@ class BlspEmoForConditionalGeneration(EmotionHeadMixin, BlspEmoPreTrainedModel, 
         text_config = config.text_config
         self.lm_head = nn.Linear(text_config.hidden_size, text_config.vocab_size, bias=config.lm_head_bias)
         self.emotion_head = nn.Linear(config.emotion_head_input_size, len(config.id2label), bias=False)
+        self.emotion_token_embeddings = (
+            nn.Embedding(len(config.id2label), text_config.hidden_size) if config.emotion_token else None
+        )
         if config.tie_word_embeddings:
             embeddings = self.model.language_model.get_input_embeddings()
             name = next(name for name, module in self.model.language_model.named_modules() if module is embeddings)
@@ -484,6 +514,28 @@ class BlspEmoForConditionalGeneration(EmotionHeadMixin, BlspEmoPreTrainedModel, 
         """See [`BlspEmoModel.add_audio_lora`]."""
         return self.model.add_audio_lora(*args, **kwargs)
 
+    def add_emotion_token(self, label_embeddings: torch.Tensor) -> None:
+        """Turn the emotion token on (see `BlspEmoConfig.emotion_token`) with its table initialised to
+        `label_embeddings` `(labels, hidden)`, one row per emotion in id order (e.g. the LLM's embedding
+        of each emotion's name). The processor's `emotion_token` must be turned on with it."""
+        if self.config.emotion_token:
+            raise ValueError("this model already has the emotion token")
+        expected = (len(self.config.id2label), self.config.text_config.hidden_size)
+        if tuple(label_embeddings.shape) != expected:
+            raise ValueError(f"label_embeddings must have shape {expected} (labels, hidden), got {tuple(label_embeddings.shape)}")
+        weight = self.emotion_head.weight
+        table = nn.Embedding(*expected, device=weight.device, dtype=self.get_input_embeddings().weight.dtype)
+        with torch.no_grad():
+            table.weight.copy_(label_embeddings)
+        self.emotion_token_embeddings = table
+        self.config.emotion_token = True
+
+    def emotion_token_suffix(self, emotion_logits: torch.Tensor) -> torch.Tensor:
+        """The emotion token of each window `(windows, hidden)` from the head's raw logits per window:
+        their softmax (temperature 1: calibration must not change what the LLM reads) times the table."""
+        table = self.emotion_token_embeddings.weight
+        return emotion_logits.float().softmax(-1).to(table.dtype) @ table
+
     def set_emotion_labels(self, labels: Sequence[str]) -> None:
         """Use a new set of emotion classes (e.g. a new dataset's). The head is resized; classes it
         already knew keep their weights, new ones start fresh; nothing else changes."""
@@ -497,6 +549,16 @@ class BlspEmoForConditionalGeneration(EmotionHeadMixin, BlspEmoPreTrainedModel, 
                 if label in old_ids:
                     head.weight[index] = old_head.weight[old_ids[label]]
         self.emotion_head = head
+        if self.emotion_token_embeddings is not None:
+            # A new emotion's token starts at the mean of the known ones.
+            old_table = self.emotion_token_embeddings.weight
+            table = nn.Embedding(len(labels), old_table.shape[1], device=old_table.device, dtype=old_table.dtype)
+            with torch.no_grad():
+                table.weight.copy_(old_table.mean(0).expand_as(table.weight))
+                for index, label in enumerate(labels):
+                    if label in old_ids:
+                        table.weight[index] = old_table[old_ids[label]]
+            self.emotion_token_embeddings = table
         self.config.id2label = dict(enumerate(labels))
         self.config.label2id = {label: index for index, label in enumerate(labels)}
 
@@ -543,6 +605,11 @@ class BlspEmoForConditionalGeneration(EmotionHeadMixin, BlspEmoPreTrainedModel, 
         logits_to_keep (`int` or `torch.Tensor`): the last N positions, 1-D position indices, or a
             `(batch, seq)` boolean mask (logits then come flattened as `(kept positions, vocab)`).
         """
+        speech = speech_suffix = window_logits = None
+        if input_features is not None and self.config.emotion_token:
+            speech = self.model.get_speech_features(input_features, feature_attention_mask)
+            window_logits = self.classify_emotion(speech.head_states, speech.head_lengths)
+            speech_suffix = self.emotion_token_suffix(window_logits)
         outputs = self.model(
             input_ids=input_ids,
             input_features=input_features,
@@ -552,6 +619,8 @@ class BlspEmoForConditionalGeneration(EmotionHeadMixin, BlspEmoPreTrainedModel, 
             cache=cache,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
+            speech=speech,
+            speech_suffix=speech_suffix,
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state
@@ -568,7 +637,12 @@ class BlspEmoForConditionalGeneration(EmotionHeadMixin, BlspEmoPreTrainedModel, 
         if labels is not None:
             lm_loss = self.loss_function(logits=logits, labels=labels, vocab_size=logits.shape[-1], **kwargs)
         if outputs.audio_embeds is not None:
-            emotion_logits = self.classify_emotion(outputs.emotion_head_states, outputs.emotion_head_lengths, audio_item_index)
+            if window_logits is not None and audio_item_index is None:
+                emotion_logits = window_logits
+            else:
+                emotion_logits = self.classify_emotion(
+                    outputs.emotion_head_states, outputs.emotion_head_lengths, audio_item_index
+                )
             if emotion_labels is not None:
                 emotion_loss = nn.functional.cross_entropy(emotion_logits.float(), emotion_labels.to(emotion_logits.device))
         elif emotion_labels is not None:
@@ -635,7 +709,9 @@ class BlspEmoForConditionalGeneration(EmotionHeadMixin, BlspEmoPreTrainedModel, 
         frame_mask = model_kwargs.get("feature_attention_mask")
         if frame_mask is None:
             frame_mask = features.new_ones(features.shape[0], features.shape[-1], dtype=torch.long)
-        counts = windows_per_row(input_ids, self.config.audio_token_id, frame_mask, self.config.kernel_sizes)
+        counts = windows_per_row(
+            input_ids, self.config.audio_token_id, frame_mask, self.config.kernel_sizes, self.config.emotion_token
+        )
         starts = [sum(counts[:row]) for row in range(len(counts))]
         order = [start + i for start, count in zip(starts, counts) for _ in range(expand_size) for i in range(count)]
         order = torch.tensor(order, dtype=torch.long, device=features.device)
@@ -680,8 +756,8 @@ class BlspEmoForAudioClassification(EmotionHeadMixin, BlspEmoPreTrainedModel):
 
     main_input_name = "input_features"
     checkpoint_tasks = (CLASSIFICATION_TASK,)
-    # A full checkpoint's LLM and LM head: not part of this model.
-    _keys_to_ignore_on_load_unexpected = [r"^model\.language_model\.", r"^lm_head\."]
+    # A full checkpoint's LLM, LM head and emotion token table: not part of this model.
+    _keys_to_ignore_on_load_unexpected = [r"^model\.language_model\.", r"^lm_head\.", r"^emotion_token_embeddings\."]
 
     def __init__(self, config: BlspEmoConfig):
         super().__init__(config)

@@ -39,6 +39,7 @@ class BlspEmoProcessor(ProcessorMixin):
         audio_token (`str`): the placeholder that speech embeddings replace.
         audio_padding (`"longest"` or `"max_length"`): must match the model config's.
         conv_kernel_sizes (`str`): must match the model config's (it sets the embedding count).
+        emotion_token (`bool`): must match the model config's (one more placeholder per window).
     """
 
     def __init__(
@@ -49,10 +50,12 @@ class BlspEmoProcessor(ProcessorMixin):
         audio_token: str = "<|audio|>",
         audio_padding: str = "longest",
         conv_kernel_sizes: str = "5,5,5",
+        emotion_token: bool = False,
     ):
         self.audio_token = audio_token
         self.audio_padding = audio_padding
         self.conv_kernel_sizes = conv_kernel_sizes
+        self.emotion_token = emotion_token
         super().__init__(feature_extractor, tokenizer, chat_template=chat_template)
 
     @property
@@ -79,7 +82,7 @@ class BlspEmoProcessor(ProcessorMixin):
 
     def num_audio_tokens(self, num_samples: int) -> int:
         """Placeholder tokens for a 16-kHz clip of `num_samples` (the model's own length formula)."""
-        return num_speech_embeddings(num_samples, self.audio_padding, self.kernel_sizes)
+        return num_speech_embeddings(num_samples, self.audio_padding, self.kernel_sizes, self.emotion_token)
 
     def audio_features(self, clips: Sequence[np.ndarray]) -> dict[str, torch.Tensor]:
         """Features of all windows of all clips, zero-padded to the longest window."""

@@ -57,13 +57,17 @@ def mel_frames(num_samples: int, audio_padding: str) -> int:
 
 
 def num_speech_embeddings(
-    num_samples: int, audio_padding: str = "longest", conv_kernel_sizes: Sequence[int] = (5, 5, 5)
+    num_samples: int,
+    audio_padding: str = "longest",
+    conv_kernel_sizes: Sequence[int] = (5, 5, 5),
+    emotion_token: bool = False,
 ) -> int:
     """Number of speech embeddings (= audio placeholder tokens) for a 16-kHz clip of `num_samples`.
 
-    A 30-s clip gives 188 embeddings with the default adapter, a 3-s clip 19.
+    A 30-s clip gives 188 embeddings with the default adapter, a 3-s clip 19; with `emotion_token`
+    each window gives one more.
     """
     return sum(
-        embeddings_from_frames(mel_frames(window, audio_padding), conv_kernel_sizes)
+        embeddings_from_frames(mel_frames(window, audio_padding), conv_kernel_sizes) + int(emotion_token)
         for window in split_into_windows(num_samples)
     )

@@ -147,12 +147,19 @@ def test_card_text_has_usage_licences_results_and_unknown_training(checkpoint):
     assert "Training details of this checkpoint are unknown" in text
     assert "## Intended use and limitations" in text
     assert "| emotion head | linear layer on the mean of the speech embeddings; labels:" in text
+    assert "| emotion token | none |" in text
 
 
 def test_card_names_what_an_encoder_stats_head_reads(saved_checkpoint, tmp_path):
     checkpoint = make_checkpoint(tmp_path / "model", saved_checkpoint, emotion_pooling="encoder_stats")
     text = render_model_card(checkpoint, "alice/x").text
     assert "linear layer on the mean and standard deviation of the Whisper encoder's last and middle layers" in text
+
+
+def test_card_names_the_emotion_token(saved_checkpoint, tmp_path):
+    checkpoint = make_checkpoint(tmp_path / "model", saved_checkpoint, emotion_token=True)
+    text = render_model_card(checkpoint, "alice/x").text
+    assert "| emotion token | after each window's speech, the emotion head's probabilities × one embedding per emotion |" in text
 
 
 def test_second_revision_goes_to_its_own_branch(pushed, hub, saved_checkpoint, tmp_path, hub_cache):

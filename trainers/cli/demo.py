@@ -28,6 +28,9 @@ def add_commands(commands) -> None:
     demo.add_argument("--label-word-weight", dest="label_word_weight", type=float,
                       help="stage 2: weight of a loss that draws the adapter's mean speech embedding toward the LLM's "
                            "embedding of the clip's emotion name (default 0: off)")
+    demo.add_argument("--emotion-token", dest="emotion_token", action="store_true", default=None,
+                      help="stage 2: after the speech the LLM reads one more embedding, the emotion head's verdict as a "
+                           "mixture of the LLM's embeddings of the emotions' names")
     demo.add_argument("--judge", help="LLM that reads the replies for the judged measures (default: none)")
     demo.add_argument("--random-level", dest="random_level", action="store_true", default=None,
                       help="train stage 2 on clips at random peak levels (prosody, not loudness)")

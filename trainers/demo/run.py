@@ -31,7 +31,7 @@ from trainers.demo.report import write_report
 from trainers.evaluation.head_calibration import calibrate_checkpoint
 from trainers.training.emotion_alignment import EmotionAlignmentTrainer, LoraSettings, finalize, prepare_for_emotion_alignment
 from trainers.training.head_warm_start import warm_start_emotion_head
-from trainers.training.label_words import label_word_ids
+from trainers.training.label_words import add_emotion_token, label_word_ids
 from trainers.training.semantic_alignment import SemanticAlignmentTrainer
 from trainers.training.train_preference import PreferenceArguments, dpo_config_class, train_preference
 
@@ -70,6 +70,9 @@ class DemoSettings:
     # Weight of stage 2's label-word loss (trainers.training.label_words): the adapter's mean embedding
     # should lie closest to the LLM's embedding of the clip's emotion name. 0 leaves it out.
     label_word_weight: float = 0.0
+    # Stage 2 turns on the emotion token (BlspEmoConfig.emotion_token): after the speech, the LLM reads
+    # the emotion head's verdict as a mixture of the LLM's own embeddings of the emotions' names.
+    emotion_token: bool = False
     # The pretrained Whisper encoder and the fresh emotion head learn best well below the LoRA and
     # adapter rate: at 5e-4 (encoder) and 5e-3 (head) the head stalled at chance in some runs.
     head_learning_rate: float = 2e-4
@@ -251,6 +254,8 @@ class Demo:
                 copies=self.settings.warm_start_copies if augment else 1,
             )  # fmt: skip
             self.path("head_warm_start.json").write_text(json.dumps(fit, indent=2))
+        if self.settings.emotion_token:
+            add_emotion_token(model, processor)
         lora = LoraSettings(scope=self.settings.lora_scope, rank=self.settings.lora_rank, alpha=self.settings.lora_rank)
         trained = prepare_for_emotion_alignment(model, lora)
         collator = SpeechContinuationCollator(

@@ -118,6 +118,8 @@ def _architecture(config: dict, weights: list[Path]) -> dict[str, str]:
                f"{text.get('hidden_size', '?')}, vocabulary {text.get('vocab_size', '?')}",
         "lora": {"audio": f"masked LoRA at speech positions (rank {config.get('lora_rank')}), part of the model code",
                  "global": "merged into the LLM weights"}.get(lora, "none"),
+        "emotion_token": "after each window's speech, the emotion head's probabilities × one embedding per emotion"
+                         if config.get("emotion_token") else "none",
         "audio_padding": {"longest": "each clip at its own length", "max_length": "30 s (as the original release)"}.get(
             config.get("audio_padding"), str(config.get("audio_padding"))),
         "parameters": f"{parameters / 1e6:.1f} M" if parameters >= 1e5 else f"{parameters:,}",

@@ -1,9 +1,10 @@
 """Stage 2, emotion alignment: the model learns the LLM's emotion-aware continuations from speech
 alone (cross-entropy) plus the emotion head's classification loss.
 
-Trainable: adapter, emotion head, Whisper encoder (optional) and LoRA on the LLM, either masked to
-speech positions (`lora_scope="audio"`, the release's choice, part of the model's own code) or
-ordinary peft LoRA (`"global"`, merged into the LLM when saving).
+Trainable: adapter, emotion head (and the emotion token's table, when the model has one), Whisper
+encoder (optional) and LoRA on the LLM, either masked to speech positions (`lora_scope="audio"`, the
+release's choice, part of the model's own code) or ordinary peft LoRA (`"global"`, merged into the LLM
+when saving).
 """
 
 import re
@@ -22,7 +23,7 @@ from trainers.training.losses import (
     predicting_positions,
 )
 
-ADAPTER_AND_HEAD = ("model.adapter.", "emotion_head.")
+ADAPTER_AND_HEAD = ("model.adapter.", "emotion_head.", "emotion_token_embeddings.")
 ENCODER = ("model.audio_encoder.",)
 
 

@@ -6,12 +6,16 @@ the continuations' cross-entropy asks them to carry the emotion. This loss class
 each clip's speech embeddings by its cosine similarity to the LLM's input embedding of each label's
 name, so the direction it asks for is one the LLM already reads as that emotion. It adds no weights:
 the label names' embeddings come from the (frozen) LLM at each step.
+
+`add_emotion_token` uses the same embeddings to start the model's emotion token (see
+`BlspEmoConfig.emotion_token`): the LLM then reads the head's verdict as a mixture of the emotions' names.
 """
 
 import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from modeling_blsp_emo import BlspEmoForConditionalGeneration, BlspEmoProcessor
 from modeling_blsp_emo.modeling_blsp_emo import pool_speech_embeddings
 
 # Cosine similarities lie in [-1, 1]; scaled so that a clearly closest label gets most of the softmax.
@@ -45,3 +49,11 @@ def label_word_loss(
     labels = label_embeddings.to(pooled.device)
     logits = LABEL_WORD_SCALE * nn.functional.cosine_similarity(pooled[:, None], labels[None], dim=-1)
     return nn.functional.cross_entropy(logits, emotion_labels.to(pooled.device))
+
+
+def add_emotion_token(model: BlspEmoForConditionalGeneration, processor: BlspEmoProcessor) -> None:
+    """Turn on the model's emotion token, its table started at the LLM's embeddings of the emotion
+    names, and the processor's matching extra placeholder per window."""
+    ids = label_word_ids(processor.tokenizer, model.config.emotion_labels)
+    model.add_emotion_token(label_word_embeddings(model.get_input_embeddings(), ids))
+    processor.emotion_token = True

@@ -14,7 +14,7 @@ from trainers.checkpoints.loading import load_blsp_emo
 from trainers.training.base import save_trained_weights
 from trainers.training.emotion_alignment import EmotionAlignmentTrainer, LoraSettings, finalize, prepare_for_emotion_alignment
 from trainers.training.head_warm_start import warm_start_emotion_head
-from trainers.training.label_words import label_word_ids
+from trainers.training.label_words import add_emotion_token, label_word_ids
 
 
 @dataclass
@@ -34,6 +34,11 @@ class EmotionAlignmentArguments:
         default=0.0,
         metadata={"help": "weight of a loss that draws the adapter's mean speech embedding toward the LLM's embedding of "
                   "the clip's emotion name (for emotion_pooling=encoder_stats, whose head loss does not reach the adapter)"},
+    )  # fmt: skip
+    emotion_token: bool = field(
+        default=False,
+        metadata={"help": "turn on the emotion token: after the speech the LLM reads the emotion head's verdict as a "
+                  "mixture of its own embeddings of the emotions' names (the saved processor counts it)"},
     )  # fmt: skip
     head_learning_rate: float | None = field(default=None, metadata={"help": "own learning rate for the emotion head"})
     encoder_learning_rate: float | None = field(
@@ -65,6 +70,8 @@ def train_emotion(arguments: EmotionAlignmentArguments, training: TrainingArgume
         )
     if arguments.warm_start_head:
         warm_start_emotion_head(model, processor, train_records, batch_size=training.per_device_train_batch_size)
+    if arguments.emotion_token and not model.config.emotion_token:
+        add_emotion_token(model, processor)
     lora = LoraSettings(
         arguments.lora_scope, arguments.lora_rank, arguments.lora_alpha, arguments.lora_dropout,
         arguments.lora_target_modules.split(",") if arguments.lora_target_modules else None,

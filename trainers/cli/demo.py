@@ -25,6 +25,9 @@ def add_commands(commands) -> None:
     demo.add_argument("--writer-wording", dest="writer_wording", choices=("release", "vivid"),
                       help="how the stage-2 targets are asked for: the release's instruction (default) or one that has "
                            "the writer speak as someone who feels the emotion")
+    demo.add_argument("--check-targets", dest="check_targets", action="store_true", default=None,
+                      help="train stage 2 only on the targets that the writer itself reads as the emotion they were "
+                           "written for")
     demo.add_argument("--label-word-weight", dest="label_word_weight", type=float,
                       help="stage 2: weight of a loss that draws the adapter's mean speech embedding toward the LLM's "
                            "embedding of the clip's emotion name (default 0: off)")

@@ -26,9 +26,12 @@ from processing.synthetic.synth_corpus import synthesize_corpus
 from processing.target_generation import EMOTION_WORDINGS, generate_targets, load_targets, semantic_prompt
 from trainers.checkpoints import build_blsp_emo, load_blsp_emo, load_text_generator, save_checkpoint
 from trainers.checkpoints.bundled import resolve_model_spec
+from trainers.checkpoints.loading import load_config
 from trainers.demo.evaluation import evaluate_demo, held_out_clips, pipeline_examples
 from trainers.demo.report import write_report
 from trainers.evaluation.head_calibration import calibrate_checkpoint
+from trainers.evaluation.judge import WordChoiceJudge
+from trainers.evaluation.target_check import agreeing_pairs, kept_per_emotion, read_target_emotions
 from trainers.training.emotion_alignment import EmotionAlignmentTrainer, LoraSettings, finalize, prepare_for_emotion_alignment
 from trainers.training.head_warm_start import warm_start_emotion_head
 from trainers.training.label_words import add_emotion_token, label_word_ids
@@ -83,6 +86,9 @@ class DemoSettings:
     # or "vivid" (the writer speaks as someone who feels the emotion; for an outside writer; it shows
     # no demonstration whatever `emotion_demonstrations` says).
     writer_wording: str = "release"
+    # Keep for stage 2 only the training targets that the writer itself reads as the emotion they were
+    # written for (trainers.evaluation.target_check); the others drop out with their clips.
+    check_targets: bool = False
     judge: str | None = None
     helper_dtype: str = "bfloat16"  # writer and judge: half the memory traffic of float32 on CPUs
     random_level: bool = False
@@ -148,6 +154,8 @@ class Demo:
         self.step("stage1_targets", self.stage1_targets)
         self.step("stage1", self.train_stage1)
         self.step("stage2_targets", self.stage2_targets)
+        if self.settings.check_targets:
+            self.step("check_targets", self.check_targets)
         self.step("stage2", self.train_stage2)
         if self.settings.preference_steps:
             self.step("preference", self.train_preference)
@@ -204,9 +212,26 @@ class Demo:
         rows = [{"text": t, "emotion": e} for t, e in pairs]
         self.write_targets("targets_stage2", rows, prompt, demonstration, writer=self.settings.writer)
 
-    def with_targets(self, split: str, folder: str, by_emotion: bool) -> list[dict]:
-        """Clips of a split joined with their text's (and emotion's) target; refusals drop out."""
+    def check_targets(self) -> None:
+        """The writer reads the emotion of each training sentence's stage-2 targets (`targets_check.json`)."""
+        writer = self.settings.writer
+        model, tokenizer = load_text_generator(
+            resolve_model_spec(writer) if writer else str(self.path("base")), self.settings.helper_dtype if writer else None
+        )
+        train_pairs = {(row["text"], row["emotion"]) for row in self.split("train")}
+        records = [r for r in load_targets(self.path("targets_stage2")) if (r["text"], r["emotion"]) in train_pairs]
+        judge = WordChoiceJudge(model.eval(), tokenizer, batch_size=self.settings.batch_size)
+        checked = read_target_emotions(judge, records, load_config(str(self.path("base"))).emotion_labels)
+        self.path("targets_check.json").write_text(json.dumps(checked, indent=1))
+        logger.info("demo: targets read as their own emotion: %s", kept_per_emotion(checked))
+
+    def with_targets(self, split: str, folder: str, by_emotion: bool, checked: bool = False) -> list[dict]:
+        """Clips of a split joined with their text's (and emotion's) target; refusals drop out, and with
+        `checked` the targets the writer did not read as their own emotion (`check_targets`)."""
         targets = {(r["text"], r.get("emotion") if by_emotion else None): r for r in load_targets(self.path(folder))}
+        if checked:
+            agreeing = agreeing_pairs(json.loads(self.path("targets_check.json").read_text()))
+            targets = {key: target for key, target in targets.items() if key in agreeing}
         rows = []
         for row in self.split(split):
             target = targets.get((row["text"], row["emotion"] if by_emotion else None))
@@ -264,7 +289,7 @@ class Demo:
         trainer = EmotionAlignmentTrainer(
             model=trained,
             args=self.training_arguments("stage2", self.settings.stage2_steps, self.settings.stage2_learning_rate),
-            train_dataset=self.with_targets("train", "targets_stage2", by_emotion=True),
+            train_dataset=self.with_targets("train", "targets_stage2", by_emotion=True, checked=self.settings.check_targets),
             data_collator=collator, er_weight=self.settings.emotion_loss_weight,
             head_learning_rate=self.settings.head_learning_rate,
             encoder_learning_rate=self.settings.encoder_learning_rate,

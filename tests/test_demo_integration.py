@@ -1,9 +1,14 @@
-"""The demo on the real embedded default (bundled Whisper tiny.en + SmolLM2-135M) and its synthetic
-corpus, at the default size: stage 1 brings the speech model closer to the LLM reading the
-transcript, and stage 2 learns emotion that it recognises in held-out voices, in its emotion head and
-in its own continuations. About 31 minutes on 2 CPU cores."""
+"""The demo on the real embedded default (bundled Whisper tiny.en + SmolLM2-135M, the bundled 1.5B LLM
+writing the stage-2 targets and judging the replies) and its synthetic corpus, at the default size and
+with the default relative output folder, as the README runs it: stage 1 brings the speech model closer
+to the LLM reading the transcript; stage 2 hears the emotion in held-out voices from prosody (the head,
+also with every clip peak-normalized) and says it in its own continuations (the judge). About 40
+minutes on 2 CPU cores.
+
+The margins follow the spread of the runs in docs/demo_history.md ("fifth round")."""
 
 import json
+import os
 
 import pytest
 
@@ -11,11 +16,24 @@ from trainers.demo.run import Demo, DemoSettings
 
 pytestmark = pytest.mark.integration
 
+OUTPUT = "outputs/demo"  # the CLI's default, relative to where the demo runs
+
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory):
-    settings = DemoSettings(output=str(tmp_path_factory.mktemp("demo")), piper_noise=False)
-    return Demo(settings).run()
+def run_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("demo_cwd")
+    previous = os.getcwd()
+    os.chdir(folder)  # the fresh-process reload once crashed on a relative output folder
+    try:
+        Demo(DemoSettings(output=OUTPUT, piper_noise=False)).run()
+    finally:
+        os.chdir(previous)
+    return folder / OUTPUT
+
+
+@pytest.fixture(scope="module")
+def results(run_folder):
+    return json.loads((run_folder / "results.json").read_text())
 
 
 def test_stage1_reduces_held_out_kl(results):
@@ -29,30 +47,30 @@ def test_stage2_is_evaluated_on_every_held_out_clip(results):
         for kind in ("head", "generative"):
             matrix = results[model][kind]["confusion_matrix"]
             assert sum(map(sum, matrix)) + results[model][kind]["unanswered"] == results["test_clips"]
-    retrieval = results["stage2"]["retrieval"]
-    assert retrieval["clips"] + retrieval["left_out_identical_targets"] <= results["test_clips"]
+        assert results["judged"][model]["emotion"]["clips"] == results["test_clips"]
 
 
-def test_stage2_emotion_head_recognises_held_out_voices(results):
-    stage2, stage1 = results["stage2"]["head"]["accuracy"], results["stage1_only"]["head"]["accuracy"]
-    # 87.5 % in the README's run; 70-97.5 % in earlier runs of this size: the spread is large.
-    assert stage2 >= 0.6 and stage2 > stage1 + 0.3, (stage2, stage1)
+def test_stage2_emotion_head_hears_prosody_in_held_out_voices(results):
+    head = results["stage2"]["head_by_level"]
+    # Runs: 80-82.5 % as synthesized, 75-82.5 % peak-normalized (docs/demo_history.md, fifth round).
+    assert head["as_recorded"] >= 0.7, head
+    assert head["peak_normalized"] >= 0.65, head
+    assert results["stage1_only"]["head"]["accuracy"] <= 0.35
 
 
-def test_stage2_continuations_follow_the_voice(results):
-    # The sentence-normalized measure: the plain one is dominated by how likely each of the LLM's
-    # continuations is in itself (it stays at chance here, and the writer of the targets, told the
-    # true emotion, reaches only 40-60 %; the README explains).
-    stage2, stage1 = (results[m]["retrieval"] for m in ("stage2", "stage1_only"))
-    writer = results["writer_retrieval"]
-    assert stage2["clips"] >= 10 and stage2["clips"] == 10 * writer["sentences"]  # 2 test voices x 5 emotions
-    # 50-90 % over six runs, on 10-30 clips (coarse): assert twice chance, not a run's figure.
-    assert stage2["normalized_accuracy"] >= 0.4 and stage2["normalized_accuracy"] > stage1["normalized_accuracy"], (stage2, stage1)
+def test_stage2_continuations_say_the_emotion_of_the_voice(results):
+    judged = results["judged"]
+    stage2, stage1 = judged["stage2"]["emotion"], judged["stage1_only"]["emotion"]
+    # Runs: 52.5-55 % (p < 1e-5); stage 1 only 22.5 %; chance 20 %.
+    assert stage2["accuracy"] >= 0.375 and stage2["p_value"] < 0.01, stage2
+    assert stage2["accuracy"] > stage1["accuracy"], (stage2, stage1)
+    assert judged["stage2_guarded"]["repetition"] <= 0.1
 
 
-def test_report_and_fresh_process_reload(results, tmp_path_factory):
-    folder = next(tmp_path_factory.getbasetemp().glob("demo*"))
-    examples = json.loads((folder / "pipeline_examples.json").read_text())
+def test_report_and_fresh_process_reload(run_folder):
+    examples = json.loads((run_folder / "pipeline_examples.json").read_text())
     assert examples["loaded_from"].startswith("transformers_modules.")
     assert {row["emotion"] for row in examples["rows"]} == {"neutral", "happy", "angry", "sad", "surprise"}
-    assert (folder / "report.md").read_text().count("|") > 20
+    report = (run_folder / "report.md").read_text()
+    assert report.count("|") > 20 and "## What the models say, read by a judge" in report
+    assert "training targets that the writer itself read as the emotion" in report

@@ -258,7 +258,7 @@ def test_init_and_demo_take_the_pooling(pretrained_parts, tmp_path):
     assert parser.parse_args(["init", "--output", str(tmp_path)]).emotion_pooling == "adapter_mean"
     assert parser.parse_args(["demo", "--emotion-pooling", "encoder_stats"]).emotion_pooling == "encoder_stats"
     assert parser.parse_args(["demo"]).emotion_pooling is None  # the settings' default applies
-    assert demo_run.DemoSettings(output=str(tmp_path)).emotion_pooling == "adapter_mean"
+    assert demo_run.DemoSettings(output=str(tmp_path)).emotion_pooling == "encoder_stats"
     with pytest.raises(SystemExit):
         parser.parse_args(["init", "--output", str(tmp_path), "--emotion-pooling", "max"])
 
@@ -276,9 +276,9 @@ def test_the_demo_builds_its_model_with_the_pooling(tmp_path, monkeypatch):
     built = []
     monkeypatch.setattr(demo_run, "build_blsp_emo", lambda *args, **kwargs: built.append(kwargs) or (None, None))
     monkeypatch.setattr(demo_run, "save_checkpoint", lambda *args, **kwargs: None)
-    demo_run.Demo(demo_run.DemoSettings(output=str(tmp_path / "a"), emotion_pooling="encoder_stats")).build()
+    demo_run.Demo(demo_run.DemoSettings(output=str(tmp_path / "a"), emotion_pooling="adapter_mean")).build()
     demo_run.Demo(demo_run.DemoSettings(output=str(tmp_path / "b"))).build()
-    assert [kwargs["emotion_pooling"] for kwargs in built] == ["encoder_stats", "adapter_mean"]
+    assert [kwargs["emotion_pooling"] for kwargs in built] == ["adapter_mean", "encoder_stats"]
 
 
 @pytest.mark.parametrize("scope", ["audio", "global"])
@@ -292,7 +292,7 @@ def test_the_demo_gives_stage_two_its_lora_scope(tmp_path, monkeypatch, scope):
     monkeypatch.setattr(demo_run, "load_blsp_emo", lambda path: (object(), None))
     monkeypatch.setattr(demo_run, "prepare_for_emotion_alignment", prepare)
     assert build_parser().parse_args(["demo", "--lora-scope", scope]).lora_scope == scope
-    settings = demo_run.DemoSettings(output=str(tmp_path), warm_start_head=False, lora_scope=scope)
+    settings = demo_run.DemoSettings(output=str(tmp_path), warm_start_head=False, emotion_token=False, lora_scope=scope)
     with pytest.raises(Prepared, match=scope):
         demo_run.Demo(settings).train_stage2()
-    assert demo_run.DemoSettings(output=str(tmp_path)).lora_scope == "audio"
+    assert demo_run.DemoSettings(output=str(tmp_path)).lora_scope == "global"

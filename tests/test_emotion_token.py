@@ -1,10 +1,12 @@
 """The emotion token: after each window's speech embeddings the LLM reads the emotion head's verdict,
 softmax(head logits) × a table of one embedding per emotion (`BlspEmoConfig.emotion_token`)."""
 
+import copy
+
 import pytest
 import torch
 
-from modeling_blsp_emo import BlspEmoForAudioClassification, BlspEmoForConditionalGeneration, BlspEmoProcessor
+from modeling_blsp_emo import BlspEmoForAudioClassification, BlspEmoForConditionalGeneration, BlspEmoModel, BlspEmoProcessor
 from modeling_blsp_emo.speech_lengths import num_speech_embeddings
 from trainers.cli.main import build_parser
 from trainers.training.emotion_alignment import LoraSettings, prepare_for_emotion_alignment
@@ -102,6 +104,28 @@ def test_checkpoints_keep_the_token_and_classifiers_load_without_it(tmp_path):
         torch.testing.assert_close(classifier(**features).logits, model(**batch).emotion_logits)
 
 
+def test_the_backbone_run_alone_places_the_token_and_copies_read_their_own_head():
+    # trl's fused LM head runs `model.model(...)` and the LM head itself, skipping the outer forward.
+    model, processor = with_token()
+    batch = batch_of(processor)
+    inputs = {key: batch[key] for key in ("input_ids", "input_features", "feature_attention_mask", "attention_mask")}
+    with torch.no_grad():
+        whole = model(**inputs).logits
+        torch.testing.assert_close(model.lm_head(model.model(**inputs).last_hidden_state), whole)
+        copied = copy.deepcopy(model)
+        copied.emotion_token_embeddings.weight.mul_(-1)
+        assert copied.model.emotion_token_provider.__self__ is copied
+        assert not torch.allclose(copied.lm_head(copied.model(**inputs).last_hidden_state), whole)
+        torch.testing.assert_close(model(**inputs).logits, whole)
+
+
+def test_a_backbone_without_its_head_refuses_the_token():
+    model, processor = with_token()
+    backbone = BlspEmoModel(model.config)
+    with pytest.raises(ValueError, match="no emotion head"):
+        backbone(**{key: batch_of(processor)[key] for key in ("input_ids", "input_features", "feature_attention_mask")})
+
+
 def test_a_processor_without_the_token_gives_a_clear_error():
     model, _ = with_token()
     plain = BlspEmoProcessor(tiny_feature_extractor(), tiny_tokenizer())
@@ -180,7 +204,7 @@ def test_the_demo_turns_the_token_on_for_stage_two_when_asked(tmp_path, monkeypa
     with pytest.raises(Built) as raised:
         demo_run.Demo(settings).train_stage2()
     assert raised.value.args[0].config.emotion_token is on and processor.emotion_token is on
-    assert demo_run.DemoSettings(output=str(tmp_path)).emotion_token is False
+    assert demo_run.DemoSettings(output=str(tmp_path)).emotion_token is True
 
 
 @pytest.mark.parametrize("on", [True, False])
@@ -197,3 +221,20 @@ def test_train_emotion_turns_the_token_on_when_asked(tmp_path, monkeypatch, proc
     with pytest.raises(Built) as raised:
         module.train_emotion(module.EmotionAlignmentArguments(model="m", targets="t", emotion_token=on), training)
     assert raised.value.args[0].config.emotion_token is on and processor.emotion_token is on
+
+
+def test_the_demo_options_that_are_on_by_default_can_be_turned_off(tmp_path, monkeypatch):
+    from trainers.cli import demo as demo_cli
+
+    captured = []
+    monkeypatch.setattr("trainers.demo.Demo", lambda settings: captured.append(settings) or (_ for _ in ()).throw(SystemExit))
+    arguments = ["demo", "--output", str(tmp_path), "--no-emotion-token", "--no-random-level", "--writer", "none",
+                 "--judge", "None"]
+    with pytest.raises(SystemExit):
+        demo_cli.run_demo(build_parser().parse_args(arguments))
+    settings = captured[0]
+    assert (settings.emotion_token, settings.random_level, settings.writer, settings.judge) == (False, False, None, None)
+    with pytest.raises(SystemExit):
+        demo_cli.run_demo(build_parser().parse_args(["demo", "--output", str(tmp_path), "--writer", "some/llm"]))
+    assert captured[1].writer == "some/llm" and captured[1].judge == "bundled:qwen2.5-coder-1.5b-instruct"
+    assert captured[1].emotion_token and captured[1].random_level and captured[1].check_targets

@@ -1,7 +1,5 @@
 """The word-choice judge, the reply measures built on it, and the judge-free reply measures."""
 
-from types import SimpleNamespace
-
 import pytest
 import torch
 
@@ -13,29 +11,13 @@ from trainers.evaluation.judge import (
     judge_emotions,
     judge_on_topic,
     on_topic_chance,
+    on_topic_verdicts,
 )
 from trainers.evaluation.replies import generate_replies, repeats_ngram, repetition_share, sentence_retrieval
 from trainers.evaluation.shared_prefix import shared_prefix_length
 
 from conftest import noise
-from tiny_models import tiny_model, tiny_tokenizer
-
-LABELS = ["neutral", "happy", "angry", "sad", "surprise"]
-
-
-class FavouringModel(torch.nn.Module):
-    """A stand-in LLM whose next token is always `favourite` (logit 5, every other token 0)."""
-
-    def __init__(self, vocab_size: int, favourite: int):
-        super().__init__()
-        self.vocab_size, self.favourite = vocab_size, favourite
-        self.device = torch.device("cpu")
-
-    def forward(self, input_ids, attention_mask=None, cache=None, use_cache=False, logits_to_keep=0):
-        kept = 1 if isinstance(logits_to_keep, int) else len(logits_to_keep)
-        logits = torch.zeros(len(input_ids), kept, self.vocab_size)
-        logits[..., self.favourite] = 5.0
-        return SimpleNamespace(logits=logits, cache=SimpleNamespace(batch_repeat_interleave=lambda repeats: None))
+from tiny_models import LABELS, FavouringModel, tiny_model, tiny_tokenizer
 
 
 def test_judge_picks_the_option_whose_first_token_the_model_favours():
@@ -105,6 +87,26 @@ def test_on_topic_compares_the_own_transcript_with_rivals():
     assert judge_on_topic(Scripted(), ["only one", "only one"], ["x", "y"]) == [True, True]
     assert on_topic_chance(["only one"]) == 1.0
     assert groups == [4, 1]  # the questions about one reply are judged together (own + rivals)
+
+
+def test_normalized_on_topic_removes_the_judges_favourite_sentence():
+    """A judge that says "yes" more to one sentence whatever the reply makes the same reply for every
+    clip "on topic" for that sentence's clips; normalized per sentence, identical replies tie (never on
+    topic) and a reply about its own sentence still wins."""
+    sentences = ["bakery opens early", "flight was late", "puppy sleeps outside"]
+    favoured = {"bakery opens early": 0.3, "flight was late": 0.0, "puppy sleeps outside": 0.0}
+
+    def scores(reply):
+        about = {s: 0.2 + 0.3 * bool(set(s.split()) & set(reply.split())) for s in sentences}
+        return {s: about[s] + favoured[s] for s in sentences}
+
+    transcripts = sentences * 2
+    constant = [scores("tone is calm") for _ in transcripts]
+    assert on_topic_verdicts(constant, transcripts) == [True, False, False] * 2
+    assert on_topic_verdicts(constant, transcripts, normalized=True) == [False] * 6
+    relevant = [scores(reply) for reply in ["fresh bread", "late flight", "puppy naps"] * 2]
+    assert on_topic_verdicts(relevant, transcripts, normalized=True) == [True] * 6
+    assert on_topic_verdicts(relevant, transcripts) == [True, False, False] * 2  # the favourite wins unnormalized
 
 
 def test_binomial_tail_and_agreement():

@@ -176,7 +176,7 @@ def test_the_demo_gives_stage_two_its_label_word_weight(tmp_path, monkeypatch):
         demo_run.Demo(settings).train_stage2()
     assert raised.value.args == (0.5, [[len(" " + label)] for label in model.config.emotion_labels])
     assert build_parser().parse_args(["demo", "--label-word-weight", "0.5"]).label_word_weight == 0.5
-    assert demo_run.DemoSettings(output=str(tmp_path)).label_word_weight == 0.0
+    assert demo_run.DemoSettings(output=str(tmp_path)).label_word_weight == 1.0
 
 
 def test_train_emotion_passes_its_label_word_weight(processor, tmp_path, monkeypatch):

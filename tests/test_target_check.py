@@ -9,8 +9,7 @@ from trainers.demo import run as demo_run
 from trainers.evaluation.judge import WordChoiceJudge
 from trainers.evaluation.target_check import agreeing_pairs, kept_per_emotion, read_target_emotions
 
-from test_judge import LABELS, FavouringModel
-from tiny_models import tiny_tokenizer
+from tiny_models import LABELS, FavouringModel, tiny_tokenizer
 
 RECORDS = [
     {"text": "The bus is late.", "emotion": "sad", "target": "I miss it."},
@@ -38,6 +37,9 @@ def test_the_demo_trains_stage_two_only_on_targets_read_as_their_emotion(tmp_pat
     kept = demo.with_targets("train", "targets_stage2", by_emotion=True, checked=True)
     assert [row["audio"] for row in kept] == ["0.wav", "2.wav"]
     assert len(demo.with_targets("train", "targets_stage2", by_emotion=True)) == 3
+    (tmp_path / "targets_check.json").write_text(json.dumps([{**row, "read_as": "angry"} for row in checked]))
+    with pytest.raises(RuntimeError, match="read none of its stage-2 targets.*--no-check-targets"):
+        demo.with_targets("train", "targets_stage2", by_emotion=True, checked=True)
 
 
 def test_the_demo_checks_only_the_training_sentences_with_its_writer(tmp_path, monkeypatch):
@@ -66,5 +68,5 @@ def test_the_check_is_a_demo_step_only_when_asked(tmp_path, monkeypatch, on):
     monkeypatch.setattr(demo, "path", lambda name: type("P", (), {"read_text": lambda self: "{}"})())
     demo.run()
     assert ("check_targets" in steps) is on
-    assert build_parser().parse_args(["demo", "--check-targets"]).check_targets is True
+    assert build_parser().parse_args(["demo", "--no-check-targets"]).check_targets is False
     assert steps.index("stage2_targets") < steps.index("stage2") and (not on or steps.index("check_targets") == steps.index("stage2") - 1)

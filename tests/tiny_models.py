@@ -1,5 +1,6 @@
 """Tiny random BLSP-Emo parts built in-process: no network, a few hundred kB each."""
 
+from types import SimpleNamespace
 from typing import Sequence
 
 import numpy as np
@@ -232,3 +233,21 @@ def voice_like(duration: float = 1.5, seed: int = 0) -> np.ndarray:
     source = sum(np.sin(2 * np.pi * k * phase) / k for k in range(1, 25))
     syllables = np.clip(np.sin(2 * np.pi * 2 * time), 0, None) ** 0.5
     return (0.1 * source * syllables + 0.002 * np.random.default_rng(seed).standard_normal(len(time))).astype(np.float32)
+
+
+LABELS = ["neutral", "happy", "angry", "sad", "surprise"]
+
+
+class FavouringModel(torch.nn.Module):
+    """A stand-in LLM whose next token is always `favourite` (logit 5, every other token 0)."""
+
+    def __init__(self, vocab_size: int, favourite: int):
+        super().__init__()
+        self.vocab_size, self.favourite = vocab_size, favourite
+        self.device = torch.device("cpu")
+
+    def forward(self, input_ids, attention_mask=None, cache=None, use_cache=False, logits_to_keep=0):
+        kept = 1 if isinstance(logits_to_keep, int) else len(logits_to_keep)
+        logits = torch.zeros(len(input_ids), kept, self.vocab_size)
+        logits[..., self.favourite] = 5.0
+        return SimpleNamespace(logits=logits, cache=SimpleNamespace(batch_repeat_interleave=lambda repeats: None))

@@ -20,33 +20,46 @@ def add_commands(commands) -> None:
     demo.add_argument("--corpus", help="use an existing corpus folder instead of synthesizing one")
     demo.add_argument("--encoder", help="Whisper to build from (default bundled:whisper-tiny.en)")
     demo.add_argument("--llm", help="LLM to build from (default bundled:smollm2-135m-instruct)")
-    demo.add_argument("--writer", help="LLM that writes the stage-2 targets (default: the model's own; e.g. "
-                                       "bundled:qwen2.5-coder-1.5b-instruct)")
+    demo.add_argument("--writer", type=model_or_none,
+                      help="LLM that writes the stage-2 targets (default: bundled:qwen2.5-coder-1.5b-instruct; 'none': "
+                           "the model's own, as in the paper)")
     demo.add_argument("--writer-wording", dest="writer_wording", choices=("release", "vivid"),
-                      help="how the stage-2 targets are asked for: the release's instruction (default) or one that has "
-                           "the writer speak as someone who feels the emotion")
-    demo.add_argument("--check-targets", dest="check_targets", action="store_true", default=None,
+                      help="how the stage-2 targets are asked for: the release's instruction or (default) as someone "
+                           "who feels the emotion")
+    demo.add_argument("--check-targets", dest="check_targets", action=argparse.BooleanOptionalAction, default=None,
                       help="train stage 2 only on the targets that the writer itself reads as the emotion they were "
-                           "written for")
+                           "written for (default: on)")
     demo.add_argument("--label-word-weight", dest="label_word_weight", type=float,
                       help="stage 2: weight of a loss that draws the adapter's mean speech embedding toward the LLM's "
-                           "embedding of the clip's emotion name (default 0: off)")
-    demo.add_argument("--emotion-token", dest="emotion_token", action="store_true", default=None,
+                           "embedding of the clip's emotion name (default 1; 0: off)")
+    demo.add_argument("--emotion-token", dest="emotion_token", action=argparse.BooleanOptionalAction, default=None,
                       help="stage 2: after the speech the LLM reads one more embedding, the emotion head's verdict as a "
-                           "mixture of the LLM's embeddings of the emotions' names")
-    demo.add_argument("--judge", help="LLM that reads the replies for the judged measures (default: none)")
-    demo.add_argument("--random-level", dest="random_level", action="store_true", default=None,
-                      help="train stage 2 on clips at random peak levels (prosody, not loudness)")
+                           "mixture of the LLM's embeddings of the emotions' names (default: on)")
+    demo.add_argument("--judge", type=model_or_none,
+                      help="LLM that reads the replies for the judged measures (default: bundled:qwen2.5-coder-1.5b-instruct; "
+                           "'none': no judged measures)")
+    demo.add_argument("--random-level", dest="random_level", action=argparse.BooleanOptionalAction, default=None,
+                      help="train stage 2 on clips at random peak levels, so loudness cannot stand in for prosody "
+                           "(default: on)")
     demo.add_argument("--no-warm-start-head", dest="warm_start_head", action="store_false", default=None,
                       help="start stage 2 with a fresh emotion head instead of one fitted on the stage-1 model's embeddings")
     demo.add_argument("--emotion-pooling", dest="emotion_pooling", choices=EMOTION_POOLINGS,
-                      help="what the emotion head reads: the adapter's mean embedding (default adapter_mean) or the "
-                           "Whisper encoder's pooled statistics (encoder_stats)")
+                      help="what the emotion head reads: the adapter's mean embedding (adapter_mean, as the release) or "
+                           "(default) the Whisper encoder's pooled statistics (encoder_stats)")
     demo.add_argument("--lora-scope", dest="lora_scope", choices=("audio", "global"),
-                      help="stage 2's LoRA on the speech positions only (default audio, as the release) or on every position")
+                      help="stage 2's LoRA on the speech positions only (audio, as the release) or (default) on every "
+                           "position")
     demo.add_argument("--preference-steps", dest="preference_steps", type=int,
                       help="stage 3: DPO steps on emotion preference pairs after stage 2 (needs trl; default 0: skipped)")
     demo.set_defaults(handler=run_demo)
+
+
+NO_MODEL = ""  # --writer none / --judge none; becomes None in DemoSettings
+
+
+def model_or_none(value: str) -> str:
+    """A model spec as given, or NO_MODEL for 'none' (the demo's own LLM writes, nobody judges)."""
+    return NO_MODEL if value.lower() == "none" else value
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -57,6 +70,7 @@ def run_demo(args: argparse.Namespace) -> int:
         for name, value in vars(args).items()
         if name in DemoSettings.__dataclass_fields__ and name != "output" and value is not None
     }
+    overrides.update({name: None for name in ("writer", "judge") if overrides.get(name) == NO_MODEL})
     settings = DemoSettings.quick(args.output, **overrides) if args.quick else DemoSettings(args.output, **overrides)
     results = Demo(settings).run()
     print(summary(results, Path(args.output)))
@@ -89,5 +103,6 @@ def level_and_judge_lines(results: dict) -> list[str]:
         if name in results.get("judged", {}):
             row = results["judged"][name]
             lines.append(f"judged replies {label:>13}: emotion {row['emotion']['accuracy']:.1%} "
-                         f"(p={row['emotion']['p_value']:.2g}), on topic {row['on_topic']:.1%}, loops {row['repetition']:.1%}")
+                         f"(p={row['emotion']['p_value']:.2g}), on topic {row['on_topic']:.1%} "
+                         f"(normalized {row.get('on_topic_normalized', 0):.1%}), loops {row['repetition']:.1%}")
     return lines

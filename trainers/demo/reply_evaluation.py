@@ -10,6 +10,8 @@ from trainers.evaluation.judge import (
     judge_emotions,
     judge_on_topic,
     on_topic_chance,
+    on_topic_verdicts,
+    topic_scores,
 )
 from trainers.evaluation.replies import repetition_share
 
@@ -25,20 +27,26 @@ GENERIC_REPLIES = (
 
 def judge_replies(judge: WordChoiceJudge, rows: Sequence[dict], replies: dict[str, list[str]], labels: Sequence[str]) -> dict:
     """Per reply set (e.g. stage 2, stage 1 only, cascade): judged emotion agreement with the clips'
-    true emotions (with its binomial p-value against chance), on-topic rate and repetition share."""
+    true emotions (with its binomial p-value against chance), on-topic rate (plain and normalized per
+    transcript, `on_topic_verdicts`; the judge's yes-probabilities in `topic_scores`) and repetition
+    share."""
     truth = [row["emotion"] for row in rows]
     transcripts = [row["text"] for row in rows]
     results = {}
     for name, texts in replies.items():
         emotions = judge_emotions(judge, texts, labels)
-        on_topic = judge_on_topic(judge, transcripts, texts)
+        scores = topic_scores(judge, transcripts, texts)
+        on_topic = on_topic_verdicts(scores, transcripts)
+        normalized = on_topic_verdicts(scores, transcripts, normalized=True)
         results[name] = {
             "emotion": emotion_agreement(emotions, truth, 1 / len(labels)),
             "on_topic": sum(on_topic) / max(len(on_topic), 1),
+            "on_topic_normalized": sum(normalized) / max(len(normalized), 1),
             "on_topic_chance": on_topic_chance(transcripts),
             "repetition": repetition_share(texts),
             "judged_emotions": emotions,
             "judged_on_topic": on_topic,
+            "topic_scores": scores,
         }
     return results
 

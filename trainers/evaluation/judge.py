@@ -94,19 +94,53 @@ def judge_on_topic(
     `rivals` other distinct transcripts of the set (the next ones, cyclically). A reply that would fit
     any sentence is on topic only by chance, about `1 / (rivals + 1)` of the time (`on_topic_chance`).
     """
+    return on_topic_verdicts(topic_scores(judge, transcripts, replies, rivals), transcripts)
+
+
+def topic_scores(
+    judge: WordChoiceJudge, transcripts: Sequence[str], replies: Sequence[str], rivals: int = TOPIC_RIVALS
+) -> list[dict[str, float]]:
+    """Per reply, the judge's yes-probability that it is about its own transcript and about each of
+    `rivals` other distinct transcripts of the set (the next ones, cyclically)."""
     if not transcripts:
         return []
     distinct = list(dict.fromkeys(t.strip() for t in transcripts))
     position = {transcript: index for index, transcript in enumerate(distinct)}
     width = _compared_transcripts(distinct, rivals)
+    compared = [
+        [distinct[(position[transcript.strip()] + k) % len(distinct)] for k in range(width)] for transcript in transcripts
+    ]
     questions = [
-        TOPIC_QUESTION.format(transcript=distinct[(position[transcript.strip()] + k) % len(distinct)], reply=reply.strip())
-        for transcript, reply in zip(transcripts, replies)
-        for k in range(width)
+        TOPIC_QUESTION.format(transcript=other, reply=reply.strip())
+        for others, reply in zip(compared, replies)
+        for other in others
     ]
     yes = [scores["yes"] for scores in judge.choose(questions, ["yes", "no"], desc="judging topic", group_size=width)]
-    rows = [yes[start : start + width] for start in range(0, len(yes), width)]
-    return [all(row[0] > other for other in row[1:]) for row in rows]
+    return [dict(zip(others, yes[row * width : (row + 1) * width])) for row, others in enumerate(compared)]
+
+
+def on_topic_verdicts(scores: Sequence[dict[str, float]], transcripts: Sequence[str], normalized: bool = False) -> list[bool]:
+    """On topic: the reply's own transcript has a strictly higher yes-probability than each rival.
+
+    `normalized` first subtracts from each transcript's yes-probabilities their mean over all replies
+    scored against it: some sentences draw "yes" for any reply, and a reply that fits any sentence
+    (the same for every clip) would otherwise be on topic for the clips of the sentence the judge
+    favours. Normalized, identical replies tie and are never on topic; varied replies unrelated to the
+    sentence are on topic about `1 / (rivals + 1)` of the time."""
+    bias = {}
+    if normalized:
+        sums, counts = {}, {}
+        for row in scores:
+            for transcript, value in row.items():
+                sums[transcript] = sums.get(transcript, 0.0) + value
+                counts[transcript] = counts.get(transcript, 0) + 1
+        bias = {transcript: sums[transcript] / counts[transcript] for transcript in sums}
+    verdicts = []
+    for row, own in zip(scores, transcripts):
+        adjusted = {transcript: value - bias.get(transcript, 0.0) for transcript, value in row.items()}
+        own_score = adjusted[own.strip()]
+        verdicts.append(all(own_score > value for transcript, value in adjusted.items() if transcript != own.strip()))
+    return verdicts
 
 
 def _compared_transcripts(distinct: Sequence[str], rivals: int) -> int:

@@ -124,7 +124,7 @@ def target_check_lines(path: Path) -> list[str]:
     per_emotion = ", ".join(f"{emotion} {row['kept']}/{row['checked']}" for emotion, row in counts.items())
     return [
         f"Stage 2 trained only on the {kept} of {checked} training targets that the writer itself read as the emotion "
-        f"they were written for ({per_emotion}). The judge below is the same model, so its verdicts on the "
+        f"they were written for ({per_emotion}). The judge of the replies is the same model, so its verdicts on the "
         "replies share the writer's idea of each emotion.",
         "",
     ]

@@ -104,5 +104,10 @@ def level_and_judge_lines(results: dict) -> list[str]:
             row = results["judged"][name]
             lines.append(f"judged replies {label:>13}: emotion {row['emotion']['accuracy']:.1%} "
                          f"(p={row['emotion']['p_value']:.2g}), on topic {row['on_topic']:.1%} "
-                         f"(normalized {row.get('on_topic_normalized', 0):.1%}), loops {row['repetition']:.1%}")
+                         f"(normalized {rate(row.get('on_topic_normalized'))}), loops {row['repetition']:.1%}")
     return lines
+
+
+def rate(value: float | None) -> str:
+    """A share as a percentage; "–" for a measure the results do not hold (a run from an older version)."""
+    return "–" if value is None else f"{value:.1%}"

@@ -8,6 +8,7 @@ writer's emotion-aware targets; a sentence's own continuation vs another sentenc
 """
 
 import math
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -129,12 +130,11 @@ def on_topic_verdicts(scores: Sequence[dict[str, float]], transcripts: Sequence[
     sentence are on topic about `1 / (rivals + 1)` of the time."""
     bias = {}
     if normalized:
-        sums, counts = {}, {}
+        values = defaultdict(list)
         for row in scores:
             for transcript, value in row.items():
-                sums[transcript] = sums.get(transcript, 0.0) + value
-                counts[transcript] = counts.get(transcript, 0) + 1
-        bias = {transcript: sums[transcript] / counts[transcript] for transcript in sums}
+                values[transcript].append(value)
+        bias = {transcript: sum(scored) / len(scored) for transcript, scored in values.items()}
     verdicts = []
     for row, own in zip(scores, transcripts):
         adjusted = {transcript: value - bias.get(transcript, 0.0) for transcript, value in row.items()}

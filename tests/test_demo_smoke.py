@@ -5,6 +5,7 @@ import json
 import pytest
 import soundfile
 
+from processing.errors import UserInputError
 from processing.target_generation import load_targets
 from trainers.demo.run import Demo, DemoSettings
 
@@ -87,3 +88,10 @@ def test_demo_runs_end_to_end_and_resumes(pretrained_parts, voice_corpus, tmp_pa
     rerun = Demo(settings)
     rerun.run()
     assert json.loads((tmp_path / "demo" / "timings.json").read_text()) == timings  # nothing was redone
+
+
+@pytest.mark.parametrize("helper", ["writer", "judge"])
+def test_a_missing_writer_or_judge_is_refused_before_the_run_starts(tmp_path, helper):
+    with pytest.raises(UserInputError, match="no such checkpoint folder"):
+        Demo(DemoSettings.quick(str(tmp_path / "demo"), **{helper: str(tmp_path / "missing")}))
+    assert not (tmp_path / "demo").exists()

@@ -124,6 +124,7 @@ def test_the_demo_asks_its_writer_in_the_chosen_wording(tmp_path, monkeypatch, w
     written = []
     monkeypatch.setattr(demo_run, "load_text_generator", lambda *args: (None, None))
     monkeypatch.setattr(demo_run, "resolve_model_spec", lambda spec: spec)
+    monkeypatch.setattr(demo_run, "load_config", lambda path: None)  # "some-llm" is no real checkpoint
     monkeypatch.setattr(demo_run, "generate_targets", lambda *args, **kwargs: written.append(kwargs))
     settings = demo_run.DemoSettings(output=str(tmp_path), writer="some-llm", writer_wording=wording)
     demo = demo_run.Demo(settings)

@@ -130,6 +130,9 @@ class Demo:
 
     def __init__(self, settings: DemoSettings):
         self.settings = settings
+        for helper in (settings.writer, settings.judge):
+            if helper:  # a wrong path fails now, not after stage 1's quarter of an hour
+                load_config(resolve_model_spec(helper))
         # Absolute: the fresh-process reload runs in this folder and is handed paths inside it.
         self.root = Path(settings.output).resolve()
         self.root.mkdir(parents=True, exist_ok=True)

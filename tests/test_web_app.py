@@ -92,9 +92,9 @@ def test_new_conversation_clears_the_chat(app):
 # End to end in a browser.
 
 
-def browser(profile: Path):
+def browser(profile: Path, microphone: Path):
     """Headless Debian Chromium under Selenium: a fresh profile, no background traffic, a fake
-    microphone (a beep) that needs no permission prompt."""
+    microphone that plays the wav file `microphone` and needs no permission prompt."""
     webdriver = pytest.importorskip("selenium.webdriver")
     from selenium.webdriver.chrome.service import Service
 
@@ -108,6 +108,7 @@ def browser(profile: Path):
         "--disable-component-update", "--disable-sync", "--no-first-run", "--no-proxy-server",
         f"--user-data-dir={profile}", "--window-size=1280,1000",
         "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-audio-capture={microphone}",
     ):  # fmt: skip
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
@@ -149,6 +150,7 @@ def artifacts(tmp_path) -> Path:
 @pytest.mark.integration
 def test_browser_chat_with_an_uploaded_wav_and_bad_input(saved_checkpoint, tmp_path, artifacts):
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.ui import WebDriverWait
 
     port = free_port()
@@ -165,6 +167,9 @@ def test_browser_chat_with_an_uploaded_wav_and_bad_input(saved_checkpoint, tmp_p
         "long.wav": lambda path: soundfile.write(path, random_clip(16000 * 8, 2), 16000),
         "fake.wav": lambda path: path.write_text("this is text, not audio"),
         "notes.txt": lambda path: path.write_text("this is text, not audio"),
+        # The fake microphone plays silence, so a recording is silent however long the loaded machine takes
+        # between start and stop (Chromium's default beep made that a race).
+        "microphone.wav": lambda path: soundfile.write(path, np.zeros(48000, np.int16), 48000, subtype="PCM_16"),
     }
     for name, write in files.items():
         write(tmp_path / name)
@@ -174,22 +179,26 @@ def test_browser_chat_with_an_uploaded_wav_and_bad_input(saved_checkpoint, tmp_p
     driver = None
     try:
         wait_until_serving(url, server, log)
-        driver = browser(tmp_path / "chromium-profile")
+        driver = browser(tmp_path / "chromium-profile", tmp_path / "microphone.wav")
         wait = WebDriverWait(driver, 60)
         driver.get(url)
         wait.until(lambda d: d.find_elements(By.ID, "send"))
+
+        def click(selector: str) -> None:
+            # Gradio shows and enables its buttons asynchronously (more slowly on a loaded machine): wait first.
+            wait.until(expected_conditions.element_to_be_clickable((By.CSS_SELECTOR, selector))).click()
 
         def status() -> str:
             return driver.find_element(By.ID, "status").text
 
         def send_and_wait_for(expected: str) -> str:
             previous = status()
-            driver.find_element(By.ID, "send").click()
+            click("#send")
             wait.until(lambda d: status() != previous and expected in status())
             return status()
 
         def upload(name: str) -> None:
-            driver.find_element(By.CSS_SELECTOR, "#audio_input button[aria-label='Upload file']").click()
+            click("#audio_input button[aria-label='Upload file']")
             driver.find_element(By.CSS_SELECTOR, "#audio_input input[type=file]").send_keys(str(tmp_path / name))
 
         def upload_and_wait(name: str) -> None:
@@ -200,18 +209,17 @@ def test_browser_chat_with_an_uploaded_wav_and_bad_input(saved_checkpoint, tmp_p
         assert "nothing to send" in send_and_wait_for("⚠️")
         upload("notes.txt")  # Gradio's own check refuses a non-audio file type
         wait.until(lambda d: any("Invalid file type" in toast.text for toast in d.find_elements(By.CSS_SELECTOR, ".toast-body")))
-        driver.find_element(By.CSS_SELECTOR, "button.toast-close").click()
+        click("button.toast-close")
         upload_and_wait("fake.wav")  # an audio name on something else
         assert "fake.wav: could not decode audio" in send_and_wait_for("⚠️")
         upload_and_wait("empty.wav")
         assert "empty.wav: audio is empty" in send_and_wait_for("⚠️")
         upload_and_wait("long.wav")
         assert "long.wav: 8 s of audio is over the limit of 5 s" in send_and_wait_for("⚠️")
-        # An empty recording: start and stop the (fake) microphone at once.
-        driver.find_element(By.CSS_SELECTOR, "#audio_input button[aria-label='Record audio']").click()
-        wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#audio_input button.record-button").is_displayed())
-        driver.find_element(By.CSS_SELECTOR, "#audio_input button.record-button").click()
-        driver.find_element(By.CSS_SELECTOR, "#audio_input button.stop-button").click()
+        # A silent recording: start and stop the (fake, silent) microphone.
+        click("#audio_input button[aria-label='Record audio']")
+        click("#audio_input button.record-button")
+        click("#audio_input button.stop-button")  # shown once the (fake) microphone has started
         wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#audio_input button[aria-label='Clear']"))
         assert "the recording is empty or silent" in send_and_wait_for("⚠️")
         driver.save_screenshot(str(artifacts / "web_app_bad_input.png"))

@@ -4,6 +4,8 @@ import json
 
 import pytest
 import soundfile
+import torch
+from safetensors.torch import load_file
 
 from processing.errors import UserInputError
 from processing.target_generation import load_targets
@@ -75,6 +77,11 @@ def test_demo_runs_end_to_end_and_resumes(pretrained_parts, voice_corpus, tmp_pa
     assert "expected calibration error on the 5 held-out clips" in report
     warm_start = json.loads((tmp_path / "demo" / "head_warm_start.json").read_text())
     assert warm_start["clips"] > 0 and "the emotion head was fitted alone" in report
+    # By default stage 2 leaves the Whisper encoder as stage 1 left it (the pretrained one).
+    assert "The Whisper encoder stayed frozen in stage 2" in report
+    stage1, final = (load_file(tmp_path / "demo" / name / "model.safetensors") for name in ("stage1", "final"))
+    encoder = [name for name in stage1 if name.startswith("model.audio_encoder.")]
+    assert encoder and all(torch.equal(stage1[name], final[name]) for name in encoder)
     assert "judge finds the reply more about its own sentence" in report and "replies that fit any sentence" in report
     assert "## What the models say, read by a judge" in report and "## Prosody, not level" in report
     assert "the LLM that wrote them" in report

@@ -14,7 +14,7 @@ from trainers.evaluation.judge import (
     on_topic_verdicts,
 )
 from trainers.evaluation.replies import generate_replies, repeats_ngram, repetition_share, sentence_retrieval
-from trainers.evaluation.shared_prefix import shared_prefix_length
+from trainers.evaluation.shared_prefix import run_prefix, shared_prefix_length
 
 from conftest import noise
 from tiny_models import LABELS, FavouringModel, tiny_model, tiny_tokenizer
@@ -37,22 +37,40 @@ def test_judge_runs_a_real_chat_model():
 
 def test_shared_prefix_runs_once_and_gives_the_plain_logits():
     """Chats of different lengths with a common start: the logits after each equal a plain forward of
-    that chat alone (the prefix's keys and values are reused, the suffixes right-padded)."""
+    that chat alone (the prefix's keys and values are reused, the suffixes right-padded), also after a
+    prefix computed once for many calls (`run_prefix`), which those calls leave as it was."""
     tokenizer, model = tiny_tokenizer(), tiny_model().eval()
     judge = WordChoiceJudge(model, tokenizer)
     chats = ["the same opening words then one", "the same opening words then a much longer ending here", "the same opening"]
     rows = [tokenizer(chat, add_special_tokens=False)["input_ids"] for chat in chats]
     assert 0 < shared_prefix_length(rows) < min(map(len, rows))
+    unrelated = [tokenizer(chat, add_special_tokens=False)["input_ids"] for chat in ["no shared", "start at all"]]
     with torch.inference_mode():
         plain = torch.stack([model(input_ids=torch.tensor([row])).logits[0, -1] for row in rows])
-        assert torch.allclose(judge.next_token_logits(chats), plain, atol=1e-5)
-        assert torch.allclose(judge.next_token_logits(["no shared", "start at all"]), torch.stack([
-            model(input_ids=torch.tensor([tokenizer(c, add_special_tokens=False)["input_ids"]])).logits[0, -1]
-            for c in ["no shared", "start at all"]
+        assert torch.allclose(judge.next_token_logits(rows), plain, atol=1e-5)
+        assert torch.allclose(judge.next_token_logits(unrelated), torch.stack([
+            model(input_ids=torch.tensor([row])).logits[0, -1] for row in unrelated
         ]), atol=1e-5)  # fmt: skip
+        prefix = run_prefix(model, rows[0][:2])
+        for _ in range(2):  # the cached prefix is reused, not extended in place
+            assert torch.allclose(judge.next_token_logits(rows, prefix), plain, atol=1e-5)
+        assert prefix.cache.get_seq_length() == 2
+        with pytest.raises(ValueError, match="cached prefix"):
+            judge.next_token_logits(unrelated, prefix)
     assert shared_prefix_length([[1, 2, 3], [1, 2, 3]]) == 2  # identical rows keep a token each
     assert shared_prefix_length([[1], [1, 2]]) == 0
     assert shared_prefix_length([[1, 2, 3, 4], [1, 2, 3, 5]], limit=1) == 1
+
+
+def test_choose_gives_the_same_scores_in_any_batching():
+    """`choose` runs the questions' common start once for the whole set: the scores are those of
+    each question asked alone."""
+    tokenizer, model = tiny_tokenizer(), tiny_model().eval()
+    questions = [f"the same long instruction for every question, then item {word}" for word in ("one", "two", "three", "four", "five")]
+    alone = [WordChoiceJudge(model, tokenizer).choose([question], ["good", "bad"])[0] for question in questions]
+    batched = WordChoiceJudge(model, tokenizer, batch_size=2).choose(questions, ["good", "bad"])
+    for single, together in zip(alone, batched):
+        assert together == pytest.approx(single, abs=1e-5)
 
 
 def test_options_must_start_with_distinct_tokens():

@@ -41,6 +41,10 @@ def add_commands(commands) -> None:
     demo.add_argument("--random-level", dest="random_level", action=argparse.BooleanOptionalAction, default=None,
                       help="train stage 2 on clips at random peak levels, so loudness cannot stand in for prosody "
                            "(default: on)")
+    demo.add_argument("--train-encoder", dest="train_encoder", action=argparse.BooleanOptionalAction, default=None,
+                      help="stage 2 fine-tunes the Whisper encoder too, as the paper (default: frozen; on the demo's "
+                           "small corpus the fine-tuned encoder fits the training voices and the head hears unseen "
+                           "voices less well)")
     demo.add_argument("--no-warm-start-head", dest="warm_start_head", action="store_false", default=None,
                       help="start stage 2 with a fresh emotion head instead of one fitted on the stage-1 model's embeddings")
     demo.add_argument("--emotion-pooling", dest="emotion_pooling", choices=EMOTION_POOLINGS,

@@ -15,7 +15,9 @@ def percent(value) -> str:
     return "–" if value is None else f"{100 * value:.1f} %"
 
 
-def write_report(root: Path, *, encoder: str, llm: str, random_level: bool = False) -> Path:
+def write_report(
+    root: Path, *, encoder: str, llm: str, random_level: bool = False, train_encoder: bool = False
+) -> Path:
     """Write `report.md` (and the training-curve plots) from what the demo's steps left in `root`."""
     results = json.loads((root / "results.json").read_text())
     for stage, names in CURVES.items():
@@ -30,7 +32,7 @@ def write_report(root: Path, *, encoder: str, llm: str, random_level: bool = Fal
         "",
         *ser_section(results),
         *reply_section(results, random_level),
-        *warm_start_lines(root / "head_warm_start.json"),
+        *warm_start_lines(root / "head_warm_start.json", train_encoder),
         *target_check_lines(root / "targets_check.json"),
         *training_sections(results["stage1_kl"]),
         *examples_section(examples),
@@ -102,15 +104,21 @@ def calibration_lines(calibration: dict | None) -> list[str]:
     ]
 
 
-def warm_start_lines(path: Path) -> list[str]:
-    """How the emotion head started stage 2: fitted alone on the stage-1 model's embeddings, or fresh."""
+def warm_start_lines(path: Path, train_encoder: bool) -> list[str]:
+    """How the emotion head started stage 2 (fitted alone on the stage-1 model's embeddings, or fresh)
+    and whether the Whisper encoder under it was fine-tuned."""
+    encoder = (
+        "The Whisper encoder was fine-tuned in stage 2 (`--train-encoder`, as in the paper)."
+        if train_encoder
+        else "The Whisper encoder stayed frozen in stage 2 (`--train-encoder` fine-tunes it, as in the paper)."
+    )
     if not path.exists():
-        return ["Stage 2 started from a fresh emotion head (`--no-warm-start-head`).", ""]
+        return [f"Stage 2 started from a fresh emotion head (`--no-warm-start-head`). {encoder}", ""]
     fit = json.loads(path.read_text())
     return [
         f"Before stage 2 the emotion head was fitted alone on the stage-1 model's pooled speech embeddings of "
         f"{fit['clips']} training clips (linear probing; training accuracy {percent(fit['train_accuracy'])}), then "
-        "trained on with everything else.",
+        f"trained on with everything else. {encoder}",
         "",
     ]
 

@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from trainers.evaluation.shared_prefix import logits_after_shared_prefix
+from trainers.evaluation.shared_prefix import PrefixCache, logits_after_shared_prefix, run_prefix, shared_prefix_length
 
 EMOTION_QUESTION = (
     'Here is a short text:\n"{reply}"\n\n'
@@ -54,23 +54,31 @@ class WordChoiceJudge:
         reply asked about several transcripts)."""
         option_ids = torch.tensor(self.first_token_ids(options))
         step = group_size or self.batch_size
+        rows = [self.chat_tokens(question) for question in questions]
+        # The start all questions share (system prompt, instruction) runs once for the whole set.
+        common = shared_prefix_length(rows) if len(rows) > step else 0
+        prefix_cache = run_prefix(self.model, rows[0][:common]) if common else None
         results = []
-        for start in tqdm(range(0, len(questions), step), desc=desc, unit="batch", disable=len(questions) <= step):
-            chats = [
-                self.tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
-                for q in questions[start : start + step]
-            ]
-            logits = self.next_token_logits(chats)
+        for start in tqdm(range(0, len(rows), step), desc=desc, unit="batch", disable=len(rows) <= step):
+            logits = self.next_token_logits(rows[start : start + step], prefix_cache)
             probabilities = logits[:, option_ids.to(logits.device)].softmax(-1).tolist()
             results += [dict(zip(options, row)) for row in probabilities]
         return results
 
-    def next_token_logits(self, chats: Sequence[str]) -> torch.Tensor:
-        """`(len(chats), vocab)` float logits of the token after each chat; the chats' common start runs
-        once (`logits_after_shared_prefix`)."""
-        rows = [self.tokenizer(chat, add_special_tokens=False)["input_ids"] for chat in chats]
+    def chat_tokens(self, question: str) -> list[int]:
+        """The token ids of `question` as a user turn of the judge's chat, ready for its answer."""
+        chat = self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
+        )
+        return self.tokenizer(chat, add_special_tokens=False)["input_ids"]
+
+    def next_token_logits(self, rows: Sequence[Sequence[int]], prefix_cache: PrefixCache | None = None) -> torch.Tensor:
+        """`(len(rows), vocab)` float logits of the token after each chat's tokens; the rows' common start
+        runs once (`logits_after_shared_prefix`), after `prefix_cache` when given."""
         last = [[len(row) - 1] for row in rows]
-        return torch.cat(logits_after_shared_prefix(self.model, rows, last, self.tokenizer.pad_token_id))
+        return torch.cat(
+            logits_after_shared_prefix(self.model, rows, last, self.tokenizer.pad_token_id, prefix_cache=prefix_cache)
+        )
 
 
 def best(scores: dict[str, float]) -> str:

@@ -3,7 +3,10 @@ instruction, a shared reply) runs once, its keys and values serve every row, the
 right-padded, and logits are made only at the positions asked for (through the model's own forward,
 so that any logit scaling or capping of the LLM applies)."""
 
+import copy
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -21,26 +24,52 @@ def shared_prefix_length(rows: Sequence[Sequence[int]], limit: int | None = None
     return length
 
 
+@dataclass
+class PrefixCache:
+    """The keys and values of `tokens` (one row), computed once and reused by many calls of
+    `logits_after_shared_prefix` whose rows all start with `tokens` (an instruction common to a whole
+    set of questions)."""
+
+    tokens: list[int]
+    cache: Any
+
+
+@torch.inference_mode()
+def run_prefix(model, tokens: Sequence[int]) -> PrefixCache:
+    """Run `tokens` through the causal LM `model` once and keep their keys and values."""
+    prefix = torch.tensor([list(tokens)], device=model.device)
+    return PrefixCache(list(tokens), model(input_ids=prefix, use_cache=True, logits_to_keep=1).cache)
+
+
 def logits_after_shared_prefix(
     model,
     rows: Sequence[Sequence[int]],
     wanted: Sequence[Sequence[int]],
     pad_id: int | None,
     prefix_inputs: dict[str, torch.Tensor] | None = None,
+    prefix_cache: PrefixCache | None = None,
 ) -> list[torch.Tensor]:
     """Per row `i`, the float logits `(len(wanted[i]), vocab)` at positions `wanted[i]` of token row
     `rows[i]` (a position's logits predict the token after it). The rows' common prefix up to the
     first wanted position runs once; `model` is a causal LM taking `cache` and `logits_to_keep`.
-    `prefix_inputs` go with the prefix alone (e.g. the audio features of the speech it holds)."""
+    `prefix_inputs` go with the prefix alone (e.g. the audio features of the speech it holds);
+    `prefix_cache` holds a start of that prefix already computed (`run_prefix`), which every row must
+    begin with."""
     shared = shared_prefix_length(rows, limit=min(min(positions) for positions in wanted))
     device = model.device
-    if prefix_inputs and not shared:
-        raise ValueError("the rows share no prefix to carry the prefix inputs (e.g. the speech)")
+    cached = len(prefix_cache.tokens) if prefix_cache is not None else 0
+    if prefix_inputs and shared <= cached:
+        raise ValueError("the rows share no prefix (beyond a cached one) to carry the prefix inputs (e.g. the speech)")
     cache = None
-    if shared:
-        prefix = torch.tensor([list(rows[0][:shared])], device=device)
+    if prefix_cache is not None:
+        if shared < cached or list(rows[0][:cached]) != prefix_cache.tokens:
+            raise ValueError(f"the rows do not all begin with the {cached} cached prefix tokens")
+        cache = copy.deepcopy(prefix_cache.cache)  # extended below: the cached prefix serves other calls too
+    if shared > cached:
+        prefix = torch.tensor([list(rows[0][cached:shared])], device=device)
         extra = {name: tensor.to(device) for name, tensor in (prefix_inputs or {}).items()}
-        cache = model(input_ids=prefix, use_cache=True, logits_to_keep=1, **extra).cache
+        cache = model(input_ids=prefix, cache=cache, use_cache=True, logits_to_keep=1, **extra).cache
+    if cache is not None:
         cache.batch_repeat_interleave(len(rows))
     rests = [list(row[shared:]) for row in rows]
     width = max(map(len, rests))

@@ -282,17 +282,23 @@ def test_the_demo_builds_its_model_with_the_pooling(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("scope", ["audio", "global"])
-def test_the_demo_gives_stage_two_its_lora_scope(tmp_path, monkeypatch, scope):
+def test_the_demo_gives_stage_two_its_lora_scope_and_encoder_choice(tmp_path, monkeypatch, scope):
     class Prepared(Exception):
         pass
 
-    def prepare(model, lora):
-        raise Prepared(lora.scope)
+    def prepare(model, lora, train_encoder):
+        raise Prepared(f"{lora.scope} train_encoder={train_encoder}")
 
     monkeypatch.setattr(demo_run, "load_blsp_emo", lambda path: (object(), None))
     monkeypatch.setattr(demo_run, "prepare_for_emotion_alignment", prepare)
     assert build_parser().parse_args(["demo", "--lora-scope", scope]).lora_scope == scope
-    settings = demo_run.DemoSettings(output=str(tmp_path), warm_start_head=False, emotion_token=False, lora_scope=scope)
-    with pytest.raises(Prepared, match=scope):
-        demo_run.Demo(settings).train_stage2()
+    assert build_parser().parse_args(["demo", "--train-encoder"]).train_encoder is True
+    for train_encoder in (False, True):
+        settings = demo_run.DemoSettings(
+            output=str(tmp_path), warm_start_head=False, emotion_token=False, lora_scope=scope, train_encoder=train_encoder
+        )
+        with pytest.raises(Prepared, match=f"{scope} train_encoder={train_encoder}"):
+            demo_run.Demo(settings).train_stage2()
+        (tmp_path / "settings.json").unlink()  # the next settings differ on purpose
+    assert demo_run.DemoSettings(output=str(tmp_path)).train_encoder is False  # frozen by default
     assert demo_run.DemoSettings(output=str(tmp_path)).lora_scope == "global"

@@ -196,7 +196,7 @@ def test_the_demo_turns_the_token_on_for_stage_two_when_asked(tmp_path, monkeypa
     from trainers.demo import run as demo_run
 
     monkeypatch.setattr(demo_run, "load_blsp_emo", lambda path: (tiny_model(), processor))
-    monkeypatch.setattr(demo_run, "prepare_for_emotion_alignment", lambda model, lora: model)
+    monkeypatch.setattr(demo_run, "prepare_for_emotion_alignment", lambda model, lora, train_encoder: model)
     monkeypatch.setattr(demo_run, "SpeechContinuationCollator", lambda *args, **kwargs: None)
     monkeypatch.setattr(demo_run.Demo, "with_targets", lambda self, *args, **kwargs: [])
     monkeypatch.setattr(demo_run, "EmotionAlignmentTrainer", capture_model)

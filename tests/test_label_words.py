@@ -168,7 +168,7 @@ def test_the_demo_gives_stage_two_its_label_word_weight(tmp_path, monkeypatch):
 
     model = tiny_model()
     monkeypatch.setattr(demo_run, "load_blsp_emo", lambda path: (model, Processor()))
-    monkeypatch.setattr(demo_run, "prepare_for_emotion_alignment", lambda model, lora: model)
+    monkeypatch.setattr(demo_run, "prepare_for_emotion_alignment", lambda model, lora, train_encoder: model)
     monkeypatch.setattr(demo_run, "SpeechContinuationCollator", lambda *args, **kwargs: None)
     monkeypatch.setattr(demo_run.Demo, "with_targets", lambda self, *args, **kwargs: [])
     monkeypatch.setattr(demo_run, "EmotionAlignmentTrainer", capture)

@@ -52,21 +52,22 @@ def test_stage2_is_evaluated_on_every_held_out_clip(results):
 
 def test_stage2_emotion_head_hears_prosody_in_held_out_voices(results):
     head = results["stage2"]["head_by_level"]
-    # Runs I, K, L: 80-82.5 % as synthesized, 75-82.5 % peak-normalized.
-    assert head["as_recorded"] >= 0.7, head
-    assert head["peak_normalized"] >= 0.65, head
+    # Encoder frozen in stage 2 (runs E1, N): 85-87.5 % both as synthesized and peak-normalized; with the
+    # encoder fine-tuned (I, K, L) 80-82.5 % and 75-82.5 %.
+    assert head["as_recorded"] >= 0.75, head
+    assert head["peak_normalized"] >= 0.75, head
     assert results["stage1_only"]["head"]["accuracy"] <= 0.35
 
 
 def test_stage2_continuations_say_the_emotion_of_the_voice(results):
     judged = results["judged"]
     stage2, stage1 = judged["stage2"]["emotion"], judged["stage1_only"]["emotion"]
-    # Runs I, K, L: 52.5-60 % plain greedy, 55-62.5 % with the guard (p < 1e-5); stage 1 only 20-30 %;
-    # chance 20 %.
+    # Encoder frozen (N): 40 % plain greedy (p = 0.003), 47.5 % with the guard (E1: 57.5 %); fine-tuned
+    # (I, K, L): 52.5-60 % and 55-62.5 %; stage 1 only 17.5-30 %; chance 20 %. p < 0.01 needs 15 of 40.
     assert stage2["accuracy"] >= 0.375 and stage2["p_value"] < 0.01, stage2
     assert stage2["accuracy"] > stage1["accuracy"], (stage2, stage1)
     guarded = judged["stage2_guarded"]["emotion"]
-    assert guarded["accuracy"] >= 0.45 and guarded["p_value"] < 0.01, guarded
+    assert guarded["accuracy"] >= 0.4 and guarded["p_value"] < 0.01, guarded
     assert judged["stage2_guarded"]["repetition"] <= 0.1
 
 

@@ -34,11 +34,17 @@ class PrefixCache:
     cache: Any
 
 
+def _extend_cache(model, tokens: Sequence[int], cache=None, **inputs):
+    """The keys and values after running one row of `tokens` through `model`, after `cache` if given."""
+    prefix = torch.tensor([list(tokens)], device=model.device)
+    extra = {name: tensor.to(model.device) for name, tensor in inputs.items()}
+    return model(input_ids=prefix, cache=cache, use_cache=True, logits_to_keep=1, **extra).cache
+
+
 @torch.inference_mode()
 def run_prefix(model, tokens: Sequence[int]) -> PrefixCache:
     """Run `tokens` through the causal LM `model` once and keep their keys and values."""
-    prefix = torch.tensor([list(tokens)], device=model.device)
-    return PrefixCache(list(tokens), model(input_ids=prefix, use_cache=True, logits_to_keep=1).cache)
+    return PrefixCache(list(tokens), _extend_cache(model, tokens))
 
 
 def logits_after_shared_prefix(
@@ -66,9 +72,7 @@ def logits_after_shared_prefix(
             raise ValueError(f"the rows do not all begin with the {cached} cached prefix tokens")
         cache = copy.deepcopy(prefix_cache.cache)  # extended below: the cached prefix serves other calls too
     if shared > cached:
-        prefix = torch.tensor([list(rows[0][cached:shared])], device=device)
-        extra = {name: tensor.to(device) for name, tensor in (prefix_inputs or {}).items()}
-        cache = model(input_ids=prefix, cache=cache, use_cache=True, logits_to_keep=1, **extra).cache
+        cache = _extend_cache(model, rows[0][cached:shared], cache, **(prefix_inputs or {}))
     if cache is not None:
         cache.batch_repeat_interleave(len(rows))
     rests = [list(row[shared:]) for row in rows]

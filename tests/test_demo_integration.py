@@ -2,10 +2,11 @@
 writing the stage-2 targets and judging the replies) and its synthetic corpus, at the default size and
 with the default relative output folder, as the README runs it: stage 1 brings the speech model closer
 to the LLM reading the transcript; stage 2 hears the emotion in held-out voices from prosody (the head,
-also with every clip peak-normalized) and says it in its own continuations (the judge). About 44
+also with every clip peak-normalized) and says it in its own continuations (the judge). About 30-40
 minutes on 2 CPU cores.
 
-The margins follow the spread of runs I, K and L in docs/demo_history.md ("sixth round")."""
+The margins follow the spread of the default's three fresh-clone runs N, O and P (docs/demo_history.md,
+"seventh round" and "eighth round")."""
 
 import json
 import os
@@ -52,22 +53,21 @@ def test_stage2_is_evaluated_on_every_held_out_clip(results):
 
 def test_stage2_emotion_head_hears_prosody_in_held_out_voices(results):
     head = results["stage2"]["head_by_level"]
-    # Encoder frozen in stage 2 (runs E1, N): 85-87.5 % both as synthesized and peak-normalized; with the
-    # encoder fine-tuned (I, K, L) 80-82.5 % and 75-82.5 %.
-    assert head["as_recorded"] >= 0.75, head
-    assert head["peak_normalized"] >= 0.75, head
+    # N, O, P: 85, 85, 87.5 % both as synthesized and peak-normalized (mean 85.8, SD 1.4; E1 87.5 %).
+    assert head["as_recorded"] >= 0.8, head
+    assert head["peak_normalized"] >= 0.8, head
     assert results["stage1_only"]["head"]["accuracy"] <= 0.35
 
 
 def test_stage2_continuations_say_the_emotion_of_the_voice(results):
     judged = results["judged"]
     stage2, stage1 = judged["stage2"]["emotion"], judged["stage1_only"]["emotion"]
-    # Encoder frozen (N): 40 % plain greedy (p = 0.003), 47.5 % with the guard (E1: 57.5 %); fine-tuned
-    # (I, K, L): 52.5-60 % and 55-62.5 %; stage 1 only 17.5-30 %; chance 20 %. p < 0.01 needs 15 of 40.
+    # N, O, P: 40, 60, 65 % plain greedy and 47.5, 60, 65 % with the guard (mean 57.5, SD 9.0: mean - 2 SD
+    # = 39.5 %); stage 1 only 17.5-22.5 %; chance 20 %. p < 0.01 needs 15 of 40 (37.5 %).
     assert stage2["accuracy"] >= 0.375 and stage2["p_value"] < 0.01, stage2
     assert stage2["accuracy"] > stage1["accuracy"], (stage2, stage1)
     guarded = judged["stage2_guarded"]["emotion"]
-    assert guarded["accuracy"] >= 0.4 and guarded["p_value"] < 0.01, guarded
+    assert guarded["accuracy"] >= 0.375 and guarded["p_value"] < 0.01, guarded
     assert judged["stage2_guarded"]["repetition"] <= 0.1
 
 

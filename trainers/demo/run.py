@@ -47,7 +47,7 @@ BUNDLED_HELPER = "bundled:qwen2.5-coder-1.5b-instruct"
 
 @dataclass
 class DemoSettings:
-    """Sizes and options of a demo run. The defaults take about 40 minutes on 2 CPU cores; `quick()` a few.
+    """Sizes and options of a demo run. The defaults take 30-40 minutes on 2 CPU cores; `quick()` a few.
 
     `writer` writes the stage-2 (emotion-aware) targets; None means the model's own LLM, as in the
     paper. The paper's LLM (7B) writes emotional continuations itself; the embedded default's

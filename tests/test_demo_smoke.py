@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 
 from processing.errors import UserInputError
 from processing.target_generation import load_targets
+from trainers.cli.demo import summary
 from trainers.demo.run import Demo, DemoSettings
 
 from tiny_models import voice_like
@@ -67,6 +68,9 @@ def test_demo_runs_end_to_end_and_resumes(pretrained_parts, voice_corpus, tmp_pa
     assert set(results["judged"]) == {"stage2", "stage2_guarded", "stage3", "stage1_only"}
     assert results["stage3"]["head"]["confusion_matrix"] and (tmp_path / "demo" / "final_preference" / "config.json").is_file()
     assert len(json.loads((tmp_path / "demo" / "preference_log.json").read_text())) >= 2
+    stage3_config = json.loads((tmp_path / "demo" / "final_preference" / "config.json").read_text())
+    assert (stage3_config["lora_scope"], stage3_config["lora_rank"]) == ("audio", 8)  # fresh LoRA on the merged stage 2
+    assert "stage 2 + DPO" in summary(results, tmp_path / "demo").splitlines()[1]  # the head line compares all three
     assert results["judged"]["stage2"]["emotion"]["clips"] == 5
     assert results["judge_calibration"]["writer_targets_emotion"]["clips"] == 5  # the test sentence, each emotion
     calibration = results["calibration"]

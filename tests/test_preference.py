@@ -253,15 +253,21 @@ def test_precomputed_reference_log_probs_give_the_loss_of_a_frozen_copy(processo
 
 # -- the command -----------------------------------------------------------------------------
 
-def test_train_preference_command_trains_lora_and_adapter_and_saves_a_loadable_checkpoint(processor, clips, tmp_path, capsys):
-    save_checkpoint(stage2_model(), processor, tmp_path / "stage2")
+def preference_command(stage2, processor, clips, tmp_path, *options: str) -> list[str]:
+    """`blsp-emo train-preference` arguments for 2 steps from `stage2` (saved to tmp_path/stage2) on the
+    clips and their targets, into tmp_path/stage3; `options` come last."""
+    save_checkpoint(stage2, processor, tmp_path / "stage2")
     manifest = tmp_path / "clips.jsonl"
     manifest.write_text("".join(json.dumps(clip) + "\n" for clip in clips))
     targets = write_targets(tmp_path / "targets", target_records())
-    command = ["train-preference", "--model", str(tmp_path / "stage2"), "--manifest", str(manifest), "--targets", str(targets),
-               "--output_dir", str(tmp_path / "stage3"), "--max_steps", "2", "--per_device_train_batch_size", "2",
-               "--learning_rate", "1e-2", "--beta", "0.5", "--rejected_per_clip", "2", "--report_to", "none", "--use_cpu",
-               "--save_steps", "1", "--save_total_limit", "1"]
+    return ["train-preference", "--model", str(tmp_path / "stage2"), "--manifest", str(manifest), "--targets", str(targets),
+            "--output_dir", str(tmp_path / "stage3"), "--max_steps", "2", "--per_device_train_batch_size", "2",
+            "--learning_rate", "1e-2", "--beta", "0.5", "--report_to", "none", "--use_cpu", *options]
+
+
+def test_train_preference_command_trains_lora_and_adapter_and_saves_a_loadable_checkpoint(processor, clips, tmp_path, capsys):
+    command = preference_command(stage2_model(), processor, clips, tmp_path,
+                                 "--rejected_per_clip", "2", "--save_steps", "1", "--save_total_limit", "1")
     assert main(command) == 0
     before = BlspEmoForConditionalGeneration.from_pretrained(tmp_path / "stage2").state_dict()
     after = BlspEmoForConditionalGeneration.from_pretrained(tmp_path / "stage3").state_dict()
@@ -273,6 +279,27 @@ def test_train_preference_command_trains_lora_and_adapter_and_saves_a_loadable_c
 
     assert main([*command[:5], "--targets", str(tmp_path / "nowhere"), *command[7:]]) == 2
     assert "nowhere: no such targets folder" in capsys.readouterr().err
+
+
+def test_a_checkpoint_without_audio_lora_gets_a_fresh_one_that_trains_and_reloads(processor, clips, tmp_path, capsys):
+    stage2 = tiny_model()  # as a global-scope stage-2 checkpoint: its LoRA merged, none left
+    command = preference_command(stage2, processor, clips, tmp_path, "--save_strategy", "no", "--lora_rank", "4", "--freeze_adapter")
+    assert main(command) == 0
+    before = stage2.state_dict()
+    stage3 = BlspEmoForConditionalGeneration.from_pretrained(tmp_path / "stage3")
+    assert (stage3.config.lora_scope, stage3.config.lora_rank) == ("audio", 4)
+    after = stage3.state_dict()
+    lora = [name for name in after if "lora_" in name]
+    assert any("lora_B" in name and after[name].abs().sum() > 0 for name in lora)  # trained from B = 0
+    # Everything else is the stage-2 model's, under the names the LoRA wrapper gives its base layers.
+    unwrapped = {name.replace(".base_layer.", "."): tensor for name, tensor in after.items() if name not in lora}
+    assert unwrapped.keys() == before.keys()
+    assert all(unwrapped[name].equal(before[name]) for name in before)
+
+    assert main([*command[:-3], "--lora_rank", "0", "--freeze_adapter"]) == 2
+    assert "nothing to train" in capsys.readouterr().err
+    assert main([*command[:-3], "--lora_rank", "-1"]) == 2
+    assert "lora_rank" in capsys.readouterr().err
 
 
 def test_checkpoints_and_the_training_package_load_without_trl():

@@ -55,6 +55,8 @@ def add_commands(commands) -> None:
                            "position")
     demo.add_argument("--preference-steps", dest="preference_steps", type=int,
                       help="stage 3: DPO steps on emotion preference pairs after stage 2 (needs trl; default 0: skipped)")
+    demo.add_argument("--seed", type=int,
+                      help="seed of the corpus, the splits and training (default 0; a resumed run needs the seed it started with)")
     demo.set_defaults(handler=run_demo)
 
 
@@ -81,29 +83,33 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# The trained models a summary line compares, in order; stage 3 only when it was trained.
+SUMMARY_MODELS = (("stage2", "stage 2"), ("stage3", "stage 2 + DPO"), ("stage1_only", "stage 1 only"))
+
+
 def summary(results: dict, output: Path) -> str:
     """The lines a person reads after a demo run: where the report is and the headline figures."""
-    stage2, stage1 = results["stage2"], results["stage1_only"]
     writer = results["writer_retrieval"]
+
+    def compared(title: str, measure) -> str:
+        values = "  ".join(f"{label} {measure(results[name]):.1%}" for name, label in SUMMARY_MODELS if name in results)
+        return f"{title:<22} {values}"
+
     return "\n".join([
         f"report: {output / 'report.md'}",
-        f"emotion head accuracy  stage 2 {stage2['head']['accuracy']:.1%}  stage 1 only {stage1['head']['accuracy']:.1%}",
-        f"target retrieval       stage 2 {stage2['retrieval']['accuracy']:.1%}  stage 1 only {stage1['retrieval']['accuracy']:.1%}",
-        f"  normalized           stage 2 {stage2['retrieval']['normalized_accuracy']:.1%}  "
-        f"stage 1 only {stage1['retrieval']['normalized_accuracy']:.1%}",
+        compared("emotion head accuracy", lambda model: model["head"]["accuracy"]),
+        compared("target retrieval", lambda model: model["retrieval"]["accuracy"]),
+        compared("  normalized", lambda model: model["retrieval"]["normalized_accuracy"]),
         f"  the targets' writer, told the true emotion {writer['accuracy']:.1%} ({writer['sentences']} sentences)",
-        f"SER query answers      stage 2 {stage2['generative']['accuracy']:.1%}  stage 1 only {stage1['generative']['accuracy']:.1%}",
-        *level_and_judge_lines(results),
+        compared("SER query answers", lambda model: model["generative"]["accuracy"]),
+        compared("head, peak-normalized", lambda model: model["head_by_level"]["peak_normalized"]),
+        *judge_lines(results),
     ])
 
 
-def level_and_judge_lines(results: dict) -> list[str]:
-    stage2, stage1 = results["stage2"], results["stage1_only"]
-    lines = [
-        f"head, peak-normalized  stage 2 {stage2['head_by_level']['peak_normalized']:.1%}  "
-        f"stage 1 only {stage1['head_by_level']['peak_normalized']:.1%}",
-    ]
-    for name, label in (("stage2", "stage 2"), ("stage1_only", "stage 1 only"), ("cascade", "cascade")):
+def judge_lines(results: dict) -> list[str]:
+    lines = []
+    for name, label in (*SUMMARY_MODELS, ("cascade", "cascade")):
         if name in results.get("judged", {}):
             row = results["judged"][name]
             lines.append(f"judged replies {label:>13}: emotion {row['emotion']['accuracy']:.1%} "

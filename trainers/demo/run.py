@@ -110,8 +110,9 @@ class DemoSettings:
     lora_scope: str = "global"
     # Stage 3 (optional, needs trl): DPO steps on emotion preference pairs after stage 2; 0 skips it.
     preference_steps: int = 0
-    preference_learning_rate: float = 5e-5
+    preference_learning_rate: float = 5e-4
     preference_beta: float = 0.1
+    preference_lora_rank: int = 8  # fresh audio-scope LoRA for stage 3 (stage 2's global LoRA is merged)
     test_fraction: float = 0.1  # of the sentences (their clips are also spoken by held-out voices)
     # bfloat16 autocast while training: ~1.3x faster steps on AVX512-BF16 CPUs; off by default because
     # the head stalled in a bf16 trial (with the earlier, higher head and encoder learning rates).
@@ -317,7 +318,8 @@ class Demo:
 
     def train_preference(self) -> None:
         """Stage 3: DPO from the stage-2 checkpoint on pairs of the training clips' stage-2 targets
-        (one rejected continuation per clip), saved as `final_preference`."""
+        (one rejected continuation per clip), training the adapter and a fresh audio-scope LoRA (when
+        stage 2's LoRA was global, hence merged), saved as `final_preference`."""
         settings = self.settings
         training = dpo_config_class()(
             output_dir=str(self.path("final_preference")), max_steps=settings.preference_steps,
@@ -328,7 +330,7 @@ class Demo:
         )  # fmt: skip
         arguments = PreferenceArguments(
             model=str(self.path("final")), manifest=str(self.corpus_dir() / "train.jsonl"),
-            targets=str(self.path("targets_stage2")), rejected_per_clip=1,
+            targets=str(self.path("targets_stage2")), rejected_per_clip=1, lora_rank=settings.preference_lora_rank,
         )
         trainer = train_preference(arguments, training)
         self.path("preference_log.json").write_text(json.dumps(trainer.state.log_history, indent=1))

@@ -110,7 +110,10 @@ def prepare_for_preference(
         if parameter.requires_grad:
             trained.append(name)
     if not trained:
-        raise ValueError("nothing to train: this checkpoint has no audio-scope LoRA and the adapter, encoder and head are frozen")
+        raise UserInputError(
+            "nothing to train: this checkpoint has no audio-scope LoRA (and lora_rank is 0) and the adapter, encoder and "
+            "head are frozen"
+        )
     return trained
 
 

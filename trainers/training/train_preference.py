@@ -2,6 +2,7 @@
 stage-2 checkpoint. trl is imported only when a run starts, so this module (and the command's
 `--help`) loads without it."""
 
+import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -15,6 +16,7 @@ if TYPE_CHECKING:
 
     from trainers.training.preference import SpeechPreferenceTrainer
 
+logger = logging.getLogger(__name__)
 INSTALL_HINT = "stage 3 needs trl, which is not installed: pip install 'blsp-emo[preference]'"
 
 
@@ -40,6 +42,12 @@ class PreferenceArguments:
     emotion_weight: float = field(default=0.0, metadata={"help": "weight of the emotion head's loss (0: the head does not train)"})
     train_encoder: bool = field(default=False, metadata={"help": "train the Whisper encoder too (default: frozen)"})
     freeze_adapter: bool = field(default=False, metadata={"help": "train only the audio-scope LoRA, not the adapter"})
+    lora_rank: int = field(
+        default=8,
+        metadata={"help": "rank of a fresh audio-scope LoRA added to the LLM for this stage when the checkpoint has none "
+                          "(a global-scope stage-2 checkpoint has its LoRA merged); 0: none. A checkpoint's own audio-scope "
+                          "LoRA trains instead"},
+    )
     dtype: str | None = None
     check_audio: str = field(default="exists", metadata={"help": "check each clip as the manifest loads: exists, decode or none"})
     skip_bad_audio: bool = field(default=False, metadata={"help": "leave out clips with unusable audio (counted)"})
@@ -48,13 +56,19 @@ class PreferenceArguments:
 def train_preference(arguments: PreferenceArguments, training: "DPOConfig") -> "SpeechPreferenceTrainer":
     """Run DPO from the stage-2 checkpoint `arguments.model` against itself, frozen (a copy, or with
     `training.precompute_ref_log_probs` the pairs scored once before training), and save a full
-    checkpoint in `training.output_dir`. `training` carries trl's options (`beta`, `loss_type`, ...)."""
+    checkpoint in `training.output_dir`. `training` carries trl's options (`beta`, `loss_type`, ...).
+
+    What trains: the adapter (unless `freeze_adapter`) and audio-scope LoRA on the LLM, the
+    checkpoint's own or, when it has none, a fresh one of rank `lora_rank`. The LLM's own weights
+    stay frozen; the saved checkpoint records the LoRA (`lora_scope="audio"`), so it reloads as is."""
     try:
         from trainers.training.preference import SpeechPreferenceTrainer, frozen_reference, prepare_for_preference
     except ImportError as error:
         if error.name != "trl":
             raise
         raise UserInputError(INSTALL_HINT) from error
+    if arguments.lora_rank < 0:
+        raise UserInputError(f"must be 0 (no LoRA) or a positive rank, got {arguments.lora_rank}", field="lora_rank")
     model, processor = load_blsp_emo(arguments.model, arguments.dtype)
     pairs = load_preference_pairs(
         arguments.manifest, arguments.targets, rejected_per_clip=arguments.rejected_per_clip, seed=training.seed,
@@ -67,6 +81,11 @@ def train_preference(arguments: PreferenceArguments, training: "DPOConfig") -> "
             path=arguments.manifest,
         )
     reference = None if training.precompute_ref_log_probs else frozen_reference(model)
+    if model.model.has_masked_lora:
+        logger.info("the checkpoint's own audio-scope LoRA trains (rank %d); lora_rank is not used", model.config.lora_rank)
+    elif arguments.lora_rank:
+        # Starts as a no-op (B = 0), so the reference is still the stage-2 model.
+        model.add_audio_lora(arguments.lora_rank, arguments.lora_rank)
     prepare_for_preference(
         model, train_adapter=not arguments.freeze_adapter, train_encoder=arguments.train_encoder,
         train_head=arguments.emotion_weight > 0,

@@ -264,6 +264,22 @@ def test_training_runs_come_from_trainer_state_and_arguments(checkpoint, tmp_pat
     assert "Hyper-parameters: unknown" in text  # stage 2 saved no training arguments
 
 
+def test_a_stage3_run_is_named_with_its_dpo_settings_and_rewards(checkpoint, tmp_path):
+    trl = pytest.importorskip("trl")
+    import torch
+
+    stage3 = tmp_path / "stage3" / "checkpoint-80"
+    stage3.mkdir(parents=True)
+    log = {"loss": 0.45, "rewards/accuracies": 0.875, "rewards/margins": 1.21, "emotion_loss": 0.3, "step": 80}
+    (stage3 / "trainer_state.json").write_text(json.dumps({"global_step": 80, "log_history": [log]}))
+    arguments = trl.DPOConfig(output_dir=str(stage3), learning_rate=5e-4, beta=0.2, report_to=[], use_cpu=True)
+    torch.save(arguments, stage3 / "training_args.bin")
+    text = render_model_card(checkpoint, "alice/x", training_dirs=[stage3.parent]).text
+    assert "### Stage 3: emotion preference alignment (DPO)" in text  # not stage 2, though it logs emotion_loss
+    assert "| beta | 0.2 |" in text and "| learning_rate | 0.0005 |" in text
+    assert "| rewards/accuracies | 0.875 |" in text and "| rewards/margins | 1.21 |" in text
+
+
 @pytest.mark.parametrize(
     "metrics, message",
     [

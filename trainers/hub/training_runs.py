@@ -11,17 +11,23 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 TRAINER_STATE_FILE = "trainer_state.json"
-# Stage names by a loss that only that stage's trainer logs (see trainers/training/*_alignment.py).
-STAGE_BY_LOGGED_KEY = {"kl": "Stage 1: semantic alignment", "emotion_loss": "Stage 2: emotion alignment"}
+# Stage names by a value that only that stage's trainer logs (trainers/training/*_alignment.py and, for
+# stage 3, trl's DPO trainer, which also logs `emotion_loss` when the head trains: checked first).
+STAGE_BY_LOGGED_KEY = {
+    "rewards/margins": "Stage 3: emotion preference alignment (DPO)",
+    "kl": "Stage 1: semantic alignment",
+    "emotion_loss": "Stage 2: emotion alignment",
+}
 TRAINING_ARGUMENTS = (
     "learning_rate", "lr_scheduler_type", "warmup_steps", "warmup_ratio", "num_train_epochs", "max_steps",
     "per_device_train_batch_size", "gradient_accumulation_steps", "weight_decay", "max_grad_norm", "optim", "bf16",
-    "fp16", "seed",
+    "fp16", "seed", "beta", "loss_type",
 )
 # Values of those arguments that mean "not used" and are left out of the card.
 UNUSED_ARGUMENT_VALUES = {"max_steps": -1, "warmup_steps": 0, "warmup_ratio": 0.0, "bf16": False, "fp16": False}
 LOGGED_RESULTS = ("loss", "kl", "token_agreement", "lm_loss", "emotion_loss", "emotion_accuracy", "eval_loss",
-                  "eval_kl", "eval_token_agreement", "eval_lm_loss", "eval_emotion_loss", "eval_emotion_accuracy")
+                  "eval_kl", "eval_token_agreement", "eval_lm_loss", "eval_emotion_loss", "eval_emotion_accuracy",
+                  "rewards/accuracies", "rewards/margins")
 
 
 @dataclass
@@ -49,12 +55,12 @@ def _load_training_arguments(folder: Path) -> dict | None:
         return None
     import torch
 
-    # A pickle: allow only the transformers/accelerate classes a TrainingArguments is made of.
+    # A pickle: allow only the transformers/accelerate (and trl, for stage 3's DPOConfig) classes it is made of.
     try:
         allowed = []
         for name in torch.serialization.get_unsafe_globals_in_checkpoint(bin_path):
             module, _, attribute = name.rpartition(".")
-            if module.split(".")[0] not in ("transformers", "accelerate"):
+            if module.split(".")[0] not in ("transformers", "accelerate", "trl"):
                 raise ValueError(f"unexpected class {name}")
             allowed.append(getattr(importlib.import_module(module), attribute))
         with torch.serialization.safe_globals(allowed):

@@ -43,7 +43,9 @@ def whisper_transcriber(path: str):
     @torch.inference_mode()
     def transcribe(clip) -> str:
         features = processor(clip, sampling_rate=SAMPLING_RATE, return_tensors="pt").input_features
-        return processor.batch_decode(model.generate(features, max_new_tokens=96), skip_special_tokens=True)[0].strip()
+        # `max_length` (which counts the decoder prompt), not `max_new_tokens`: Whisper's generation config
+        # sets max_length already, and giving both warns on every clip.
+        return processor.batch_decode(model.generate(features, max_length=100), skip_special_tokens=True)[0].strip()
 
     return transcribe
 

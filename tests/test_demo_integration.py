@@ -83,6 +83,7 @@ def test_stage3_makes_the_voice_decide_more(results):
 def test_report_and_fresh_process_reload(run_folder):
     examples = json.loads((run_folder / "pipeline_examples.json").read_text())
     assert examples["loaded_from"].startswith("transformers_modules.")
+    assert examples["checkpoint"] == "final_preference"  # the last model trained
     assert {row["emotion"] for row in examples["rows"]} == {"neutral", "happy", "angry", "sad", "surprise"}
     report = (run_folder / "report.md").read_text()
     assert report.count("|") > 20 and "## What the models say, read by a judge" in report

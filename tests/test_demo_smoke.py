@@ -70,7 +70,9 @@ def test_demo_runs_end_to_end_and_resumes(pretrained_parts, voice_corpus, tmp_pa
     assert len(json.loads((tmp_path / "demo" / "preference_log.json").read_text())) >= 2
     stage3_config = json.loads((tmp_path / "demo" / "final_preference" / "config.json").read_text())
     assert (stage3_config["lora_scope"], stage3_config["lora_rank"]) == ("audio", 8)  # fresh LoRA on the merged stage 2
-    assert "stage 2 + DPO" in summary(results, tmp_path / "demo").splitlines()[1]  # the head line compares all three
+    lines = summary(results, tmp_path / "demo").splitlines()
+    assert lines[1].startswith(f"model:  {tmp_path / 'demo' / 'final_preference'}")  # the last model trained
+    assert "stage 2 + DPO" in lines[2]  # the head line compares all three
     assert results["judged"]["stage2"]["emotion"]["clips"] == 5
     assert results["judge_calibration"]["writer_targets_emotion"]["clips"] == 5  # the test sentence, each emotion
     calibration = results["calibration"]
@@ -91,8 +93,9 @@ def test_demo_runs_end_to_end_and_resumes(pretrained_parts, voice_corpus, tmp_pa
     assert "the LLM that wrote them" in report
     assert report.count("| stage 2 + preference (DPO) |") == 3  # SER, prosody and judged-replies tables
     assert "## Speech emotion recognition on held-out clips" in report and "transformers_modules" in report
-    examples = json.loads((tmp_path / "demo" / "pipeline_examples.json").read_text())["rows"]
-    assert examples and all(row["head_emotion"] is not None for row in examples)  # heard as speech: the model ran
+    examples = json.loads((tmp_path / "demo" / "pipeline_examples.json").read_text())
+    assert examples["rows"] and all(row["head_emotion"] is not None for row in examples["rows"])  # heard as speech
+    assert examples["checkpoint"] == "final_preference" and "## The final checkpoint, `final_preference`," in report
     for image in ("stage1_curves.png", "stage2_curves.png", "eval/stage2_head_confusion.png"):
         assert (tmp_path / "demo" / image).stat().st_size > 0
     timings = json.loads((tmp_path / "demo" / "timings.json").read_text())

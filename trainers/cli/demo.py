@@ -88,8 +88,12 @@ SUMMARY_MODELS = (("stage2", "stage 2"), ("stage3", "stage 2 + DPO"), ("stage1_o
 
 
 def summary(results: dict, output: Path) -> str:
-    """The lines a person reads after a demo run: where the report is and the headline figures."""
+    """The lines a person reads after a demo run: where the report and the final checkpoint are, and
+    the headline figures."""
+    from trainers.demo.evaluation import final_checkpoint
+
     writer = results["writer_retrieval"]
+    model = output / final_checkpoint("stage3" in results)
 
     def compared(title: str, measure) -> str:
         values = "  ".join(f"{label} {measure(results[name]):.1%}" for name, label in SUMMARY_MODELS if name in results)
@@ -97,6 +101,7 @@ def summary(results: dict, output: Path) -> str:
 
     return "\n".join([
         f"report: {output / 'report.md'}",
+        f"model:  {model}  (pipeline(\"audio-to-text\", model=\"{model}\", trust_remote_code=True))",
         compared("emotion head accuracy", lambda model: model["head"]["accuracy"]),
         compared("target retrieval", lambda model: model["retrieval"]["accuracy"]),
         compared("  normalized", lambda model: model["retrieval"]["normalized_accuracy"]),

@@ -25,6 +25,11 @@ from trainers.evaluation.replies import REPETITION_GUARD, generate_replies, repe
 MODELS = {"stage2": "final", "stage1_only": "stage1", "stage3": "final_preference"}
 
 
+def final_checkpoint(preference_trained: bool) -> str:
+    """The checkpoint folder a demo run ends with: stage 3's when it was trained, else stage 2's."""
+    return MODELS["stage3"] if preference_trained else MODELS["stage2"]
+
+
 def held_out_clips(rows: list[dict], limit: int | None, seed: int) -> list[dict]:
     """Test clips (sentences and voices unseen in training), a seeded sample of `limit` when capped."""
     if limit is not None and len(rows) > limit:
@@ -170,21 +175,22 @@ print(json.dumps({"rows": rows, "loaded_from": type(pipe.model).__module__}))
 """
 
 
-def pipeline_examples(root: Path, rows: list[dict]) -> dict:
-    """One held-out clip per emotion through `pipeline(..., trust_remote_code=True)` in a process
-    that never imported this package; written to `pipeline_examples.json`."""
+def pipeline_examples(root: Path, rows: list[dict], checkpoint: str = MODELS["stage2"]) -> dict:
+    """One held-out clip per emotion through `pipeline(..., trust_remote_code=True)` on the checkpoint
+    folder `root / checkpoint`, in a process that never imported this package; written (with the
+    folder's name) to `pipeline_examples.json`."""
     chosen = {}
     for row in rows:
         chosen.setdefault(row["emotion"], {"audio": row["audio"], "text": row["text"], "emotion": row["emotion"]})
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     env.update(HF_HOME=str(root / "hf_home"), HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
     result = subprocess.run(
-        [sys.executable, "-I", "-c", PIPELINE_SCRIPT, str(root / "final"), json.dumps(list(chosen.values())),
+        [sys.executable, "-I", "-c", PIPELINE_SCRIPT, str(root / checkpoint), json.dumps(list(chosen.values())),
          EMOTION_CONTINUATION_INSTRUCTION, PIPELINE_TASK],
         cwd=root, env=env, capture_output=True, text=True, check=False,
     )
     if result.returncode != 0:
         raise RuntimeError(f"fresh-process pipeline failed:\n{result.stderr[-3000:]}")
-    examples = json.loads(result.stdout.strip().splitlines()[-1])
+    examples = {"checkpoint": checkpoint, **json.loads(result.stdout.strip().splitlines()[-1])}
     (root / "pipeline_examples.json").write_text(json.dumps(examples, indent=2))
     return examples

@@ -221,8 +221,9 @@ def training_sections(kl: dict) -> list[str]:
 
 def examples_section(examples: dict) -> list[str]:
     """One held-out clip per emotion as the fresh-process pipeline answered it."""
+    checkpoint = examples.get("checkpoint", "final")  # runs before stage 3 existed reloaded `final`
     lines = [
-        f"## The final checkpoint in a fresh process (`{examples['loaded_from']}`)",
+        f"## The final checkpoint, `{checkpoint}`, in a fresh process (`{examples['loaded_from']}`)",
         "",
         "| true emotion | sentence | emotion head | continuation given the speech | empathetic reply |",
         "| --- | --- | --- | --- | --- |",

@@ -1,9 +1,10 @@
 """`blsp-emo demo`: the whole mission, offline, on the embedded default.
 
 Build the base model (bundled Whisper tiny.en + SmolLM2-135M-Instruct) → synthesize an emotional
-speech corpus → stage-1 targets → stage 1 → emotion-aware targets → stage 2 → evaluate (stage 2 vs
-stage-1-only vs the Whisper→LLM cascade) → reload the final checkpoint with
-`pipeline("audio-to-text", trust_remote_code=True)` in a fresh process → write a report.
+speech corpus → stage-1 targets → stage 1 → emotion-aware targets → stage 2 → (stage 3, DPO, when
+asked) → evaluate (stage 2 [+ stage 3] vs stage-1-only vs the Whisper→LLM cascade) → reload the final
+checkpoint (stage 3's when trained) with `pipeline("audio-to-text", trust_remote_code=True)` in a fresh
+process → write a report.
 Every step records when it is done, so re-running resumes after the last finished step.
 """
 
@@ -27,7 +28,7 @@ from processing.target_generation import EMOTION_WORDINGS, generate_targets, loa
 from trainers.checkpoints import build_blsp_emo, load_blsp_emo, load_text_generator, save_checkpoint
 from trainers.checkpoints.bundled import resolve_model_spec
 from trainers.checkpoints.loading import load_config
-from trainers.demo.evaluation import evaluate_demo, held_out_clips, pipeline_examples
+from trainers.demo.evaluation import evaluate_demo, final_checkpoint, held_out_clips, pipeline_examples
 from trainers.demo.report import write_report
 from trainers.evaluation.head_calibration import calibrate_checkpoint
 from trainers.evaluation.judge import WordChoiceJudge
@@ -358,7 +359,7 @@ class Demo:
         )
 
     def reload_in_fresh_process(self) -> None:
-        pipeline_examples(self.root, self.test_clips())
+        pipeline_examples(self.root, self.test_clips(), final_checkpoint(self.settings.preference_steps > 0))
 
     def report(self) -> None:
         settings = self.settings

@@ -79,8 +79,11 @@ def test_demo_runs_end_to_end_and_resumes(pretrained_parts, voice_corpus, tmp_pa
     assert calibration["clips"] == 5 and calibration["held_out"]["clips"] == 5
     final_config = json.loads((tmp_path / "demo" / "final" / "config.json").read_text())
     assert final_config["emotion_temperature"] == pytest.approx(calibration["temperature"])
+    # The checkpoint the summary points at (stage 3's) is calibrated too; its head and encoder are stage 2's.
+    assert stage3_config["emotion_temperature"] == pytest.approx(calibration["stage3"]["temperature"])
+    assert calibration["stage3"]["temperature"] == pytest.approx(calibration["temperature"]) != 1.0
     report = (tmp_path / "demo" / "report.md").read_text()
-    assert "expected calibration error on the 5 held-out clips" in report
+    assert "expected calibration error on the 5 held-out clips" in report and "(stage 3's, fitted alike: " in report
     warm_start = json.loads((tmp_path / "demo" / "head_warm_start.json").read_text())
     assert warm_start["clips"] > 0 and "the emotion head was fitted alone" in report
     # By default stage 2 leaves the Whisper encoder as stage 1 left it (the pretrained one).

@@ -96,9 +96,10 @@ def calibration_lines(calibration: dict | None) -> list[str]:
     if not calibration:
         return []
     held_out = calibration["held_out"]
+    stage3 = f" (stage 3's, fitted alike: {calibration['stage3']['temperature']:.2f})" if "stage3" in calibration else ""
     return [
         f"Emotion-head scores: temperature {calibration['temperature']:.2f}, fitted on {calibration['clips']} "
-        f"validation clips and stored in the checkpoint; expected calibration error on the "
+        f"validation clips and stored in the checkpoint{stage3}; expected calibration error on the "
         f"{held_out['clips']} held-out clips {held_out['ece_before']:.3f} before, {held_out['ece_after']:.3f} after.",
         "",
     ]

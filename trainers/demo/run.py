@@ -28,7 +28,7 @@ from processing.target_generation import EMOTION_WORDINGS, generate_targets, loa
 from trainers.checkpoints import build_blsp_emo, load_blsp_emo, load_text_generator, save_checkpoint
 from trainers.checkpoints.bundled import resolve_model_spec
 from trainers.checkpoints.loading import load_config
-from trainers.demo.evaluation import evaluate_demo, final_checkpoint, held_out_clips, pipeline_examples
+from trainers.demo.evaluation import MODELS, evaluate_demo, final_checkpoint, held_out_clips, pipeline_examples
 from trainers.demo.report import write_report
 from trainers.evaluation.head_calibration import calibrate_checkpoint
 from trainers.evaluation.judge import WordChoiceJudge
@@ -338,11 +338,15 @@ class Demo:
 
     # -- evaluation and report ----------------------------------------------------------------
     def calibrate(self) -> None:
-        """The emotion head's temperature, fitted on the validation clips and stored in the final
-        checkpoint; its calibration error before/after on the held-out test clips."""
-        result = calibrate_checkpoint(
-            self.path("final"), self.split("validation"), self.settings.batch_size, held_out_rows=self.test_clips()
-        )
+        """The emotion head's temperature, fitted on the validation clips and stored in the stage-2
+        checkpoint (and in stage 3's, under `"stage3"`, when it was trained); its calibration error
+        before/after on the held-out test clips."""
+        validation, test = self.split("validation"), self.test_clips()
+        result = calibrate_checkpoint(self.path(MODELS["stage2"]), validation, self.settings.batch_size, held_out_rows=test)
+        if self.settings.preference_steps:
+            result["stage3"] = calibrate_checkpoint(
+                self.path(MODELS["stage3"]), validation, self.settings.batch_size, held_out_rows=test
+            )
         self.path("calibration.json").write_text(json.dumps(result, indent=2))
 
     def test_clips(self) -> list[dict]:

@@ -9,6 +9,7 @@ import pytest
 import soundfile
 
 from processing.target_generation import load_targets
+from trainers.hub.card import render_model_card
 
 from conftest import noise
 
@@ -70,3 +71,5 @@ def test_train_semantic_in_two_processes_saves_a_loadable_checkpoint(manifest, s
     changed = [name for (name, a), (_, b) in zip(model.named_parameters(), base.named_parameters()) if not a.equal(b)]
     assert changed and all(name.startswith("model.adapter.") for name in changed)
     assert (output / "processor_config.json").is_file() and (output / "pipeline_blsp_emo.py").is_file()
+    card = render_model_card(output, "alice/emo").text  # the run's log and arguments, written once beside it
+    assert "### Stage 1: semantic alignment" in card and "| learning_rate | 0.001 |" in card

@@ -1,16 +1,20 @@
 """A fast smoke run of `blsp-emo demo` on tiny random models and a voice-like "corpus"."""
 
 import json
+from pathlib import Path
 
 import pytest
 import soundfile
 import torch
 from safetensors.torch import load_file
+from transformers.trainer_utils import get_last_checkpoint
 
 from processing.errors import UserInputError
 from processing.target_generation import load_targets
 from trainers.cli.demo import summary
 from trainers.demo.run import Demo, DemoSettings
+from trainers.hub.card import render_model_card
+from trainers.hub.files import checkpoint_files
 
 from tiny_models import voice_like
 
@@ -101,6 +105,16 @@ def test_demo_runs_end_to_end_and_resumes(pretrained_parts, voice_corpus, tmp_pa
     assert examples["checkpoint"] == "final_preference" and "## The final checkpoint, `final_preference`," in report
     for image in ("stage1_curves.png", "stage2_curves.png", "eval/stage2_head_confusion.png"):
         assert (tmp_path / "demo" / image).stat().st_size > 0
+    # Each stage's checkpoint carries its run's log and arguments for the model card (not pushed).
+    demo = tmp_path / "demo"
+    stages = [demo / "stage1", demo / "final", demo / "final_preference"]
+    card = render_model_card(demo / "final_preference", "alice/emo", training_dirs=stages).text
+    for stage in ("Stage 1: semantic alignment", "Stage 2: emotion alignment", "Stage 3: emotion preference alignment (DPO)"):
+        assert f"### {stage}" in card
+    assert "| beta | 0.1 |" in card and "| loss_type | sigmoid |" in card and "Hyper-parameters: unknown" not in card
+    assert card.count("| max_steps | 2 |") == 3 and "num_train_epochs" not in card  # max_steps decides, not epochs
+    assert "trainer_state.json" not in {path.name for path in checkpoint_files(demo / "final_preference")}
+    assert (Path(get_last_checkpoint(str(demo / "stage1_run"))) / "training_args.json").is_file()
     timings = json.loads((tmp_path / "demo" / "timings.json").read_text())
     rerun = Demo(settings)
     rerun.run()

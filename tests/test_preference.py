@@ -17,6 +17,7 @@ from processing.errors import UserInputError
 from processing.preference_pairs import load_preference_pairs, preference_pairs
 from trainers.checkpoints.builder import save_checkpoint
 from trainers.cli.main import main
+from trainers.hub.card import render_model_card
 from trainers.training.losses import mean_response_log_probs, predicting_positions
 
 from conftest import noise
@@ -275,6 +276,9 @@ def test_train_preference_command_trains_lora_and_adapter_and_saves_a_loadable_c
     assert any("lora_B" in name for name in changed) and any("adapter" in name for name in changed)
     assert all("lora_" in name or name.startswith("model.adapter.") for name in changed)  # LLM, encoder, heads frozen
     assert (tmp_path / "stage3" / "checkpoint-2" / "trained_weights.safetensors").is_file()
+    assert json.loads((tmp_path / "stage3" / "checkpoint-2" / "training_args.json").read_text())["beta"] == 0.5
+    card = render_model_card(tmp_path / "stage3", "alice/emo").text  # `blsp-emo push`'s default: the run's own folder
+    assert "### Stage 3: emotion preference alignment (DPO)" in card and "| beta | 0.5 |" in card
     assert not (tmp_path / "stage3" / "README.md").exists()  # no trl card describing a text-generation model
 
     assert main([*command[:5], "--targets", str(tmp_path / "nowhere"), *command[7:]]) == 2

@@ -33,6 +33,7 @@ from trainers.demo.report import write_report
 from trainers.evaluation.head_calibration import calibrate_checkpoint
 from trainers.evaluation.judge import WordChoiceJudge
 from trainers.evaluation.target_check import agreeing_pairs, kept_per_emotion, read_target_emotions
+from trainers.training.base import save_run_record
 from trainers.training.emotion_alignment import EmotionAlignmentTrainer, LoraSettings, finalize, prepare_for_emotion_alignment
 from trainers.training.head_warm_start import warm_start_emotion_head
 from trainers.training.label_words import add_emotion_token, label_word_ids
@@ -287,6 +288,7 @@ class Demo:
         after = trainer.evaluate()
         self.path("stage1_eval.json").write_text(json.dumps({"before": before, "after": after}, indent=2))
         save_checkpoint(model, processor, self.path("stage1"))
+        save_run_record(trainer, str(self.path("stage1")))
 
     def train_stage2(self) -> None:
         model, processor = load_blsp_emo(str(self.path("stage1")))
@@ -316,6 +318,7 @@ class Demo:
         )
         self.train(trainer, "stage2")
         save_checkpoint(finalize(trainer.model), processor, self.path("final"))
+        save_run_record(trainer, str(self.path("final")))
 
     def train_preference(self) -> None:
         """Stage 3: DPO from the stage-2 checkpoint on pairs of the training clips' stage-2 targets

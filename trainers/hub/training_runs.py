@@ -44,6 +44,8 @@ def format_value(value: Any) -> str:
     value = getattr(value, "value", value)  # enums (scheduler, optimizer) print as their value
     if isinstance(value, float):
         return f"{value:.4g}"
+    if isinstance(value, (list, tuple)):  # e.g. trl's loss_type, a list of losses
+        return ", ".join(format_value(item) for item in value)
     return str(value)
 
 
@@ -84,6 +86,8 @@ def read_training_run(directory: str | Path) -> TrainingRun | None:
     logged = {key for entry in history for key in entry}
     stage = next((name for key, name in STAGE_BY_LOGGED_KEY.items() if key in logged), "Training")
     arguments = _load_training_arguments(folder) or _load_training_arguments(directory) or {}
+    if (arguments.get("max_steps") or -1) > 0:
+        arguments.pop("num_train_epochs", None)  # max_steps decides the length; the epochs are not used
     hyperparameters = [
         (name, format_value(arguments[name])) for name in TRAINING_ARGUMENTS
         if arguments.get(name) is not None and arguments[name] != UNUSED_ARGUMENT_VALUES.get(name, object())

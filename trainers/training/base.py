@@ -13,6 +13,10 @@ from transformers import PreTrainedModel, Trainer
 logger = logging.getLogger(__name__)
 
 TRAINED_WEIGHTS_NAME = "trained_weights.safetensors"
+# The run's log and arguments, beside each checkpoint: what `blsp-emo push` reads for the model card.
+# JSON rather than Trainer's pickled training_args.bin, which a reader must unpickle.
+TRAINER_STATE_NAME = "trainer_state.json"
+TRAINING_ARGUMENTS_NAME = "training_args.json"
 # Positions per logits chunk when `logits_chunk_size="auto"`. Under activation checkpointing (memory
 # first) 128: ~80 MB per float32 logits tensor at a 152k vocabulary. Otherwise as many as fit in
 # LOGITS_CHUNK_BYTES: the LM head's matrix product runs ~20 % faster on 320+ rows than on 128 (2-core CPU).
@@ -112,10 +116,31 @@ class AlignmentTrainer(Trainer):
     # point. Pinned by test_training_logs_kl_and_agreement_and_checkpoints_only_the_adapter,
     # test_resuming_from_a_checkpoint_reproduces_straight_training and test_global_lora_checkpoint_resumes.
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        save_trained_weights(self.accelerator.unwrap_model(self.model), output_dir or self.args.output_dir, state_dict)
+        save_trained_part(self, output_dir, state_dict)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: torch.nn.Module | None = None) -> None:
         load_trained_weights(model if model is not None else self.accelerator.unwrap_model(self.model), resume_from_checkpoint)
+
+
+def save_trained_part(trainer: Trainer, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+    """`Trainer._save` of this package's trainers: the trained weights, the config and the arguments."""
+    output_dir = output_dir or trainer.args.output_dir
+    save_trained_weights(trainer.accelerator.unwrap_model(trainer.model), output_dir, state_dict)
+    save_training_arguments(trainer, output_dir)
+
+
+def save_training_arguments(trainer: Trainer, output_dir: str) -> None:
+    """Write the trainer's arguments as `training_args.json` in `output_dir`."""
+    with open(os.path.join(output_dir, TRAINING_ARGUMENTS_NAME), "w") as file:
+        file.write(trainer.args.to_json_string())
+
+
+def save_run_record(trainer: Trainer, output_dir: str) -> None:
+    """Write the finished run's log (`trainer_state.json`) and arguments (`training_args.json`) beside
+    the checkpoint saved in `output_dir`, so that its model card can name the stage, the
+    hyper-parameters and the last logged values. Neither file is pushed to the Hub."""
+    trainer.state.save_to_json(os.path.join(output_dir, TRAINER_STATE_NAME))
+    save_training_arguments(trainer, output_dir)
 
 
 def save_trained_weights(model: torch.nn.Module, output_dir: str, state_dict: dict | None = None) -> None:

@@ -35,7 +35,7 @@ from modeling_blsp_emo.prompts import EMOTION_CONTINUATION_INSTRUCTION, NEUTRAL_
 from processing.collators import IGNORE_INDEX, SpeechContinuationCollator, concatenate
 from processing.errors import UserInputError
 from processing.preference_pairs import PAIR_FIELDS
-from trainers.training.base import forget_emotion_calibration, load_trained_weights, save_trained_weights
+from trainers.training.base import forget_emotion_calibration, load_trained_weights, save_trained_part
 
 logger = logging.getLogger(__name__)
 # Collated inputs of the emotion-head pass only: the fused LM forward must not receive them.
@@ -212,7 +212,7 @@ class SpeechPreferenceTrainer(DPOTrainer):
 
     # Private Trainer hooks, as in `AlignmentTrainer`: checkpoints hold the trained weights only.
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        save_trained_weights(self.accelerator.unwrap_model(self.model), output_dir or self.args.output_dir, state_dict)
+        save_trained_part(self, output_dir, state_dict)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
         load_trained_weights(model if model is not None else self.accelerator.unwrap_model(self.model), resume_from_checkpoint)

@@ -11,7 +11,7 @@ from processing.errors import UserInputError
 from processing.target_generation import load_targets
 from trainers.checkpoints.builder import save_checkpoint
 from trainers.checkpoints.loading import load_blsp_emo
-from trainers.training.base import save_trained_weights
+from trainers.training.base import save_run_record, save_trained_weights
 from trainers.training.emotion_alignment import EmotionAlignmentTrainer, LoraSettings, finalize, prepare_for_emotion_alignment
 from trainers.training.head_warm_start import warm_start_emotion_head
 from trainers.training.label_words import add_emotion_token, label_word_ids
@@ -96,4 +96,5 @@ def train_emotion(arguments: EmotionAlignmentArguments, training: TrainingArgume
         if arguments.trained_weights_output:
             save_trained_weights(trainer.accelerator.unwrap_model(trainer.model), arguments.trained_weights_output)
         save_checkpoint(finalize(trainer.accelerator.unwrap_model(trainer.model)), processor, training.output_dir)
+        save_run_record(trainer, training.output_dir)
     return trainer

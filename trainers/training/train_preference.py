@@ -10,6 +10,7 @@ from processing.errors import UserInputError
 from processing.preference_pairs import load_preference_pairs
 from trainers.checkpoints.builder import save_checkpoint
 from trainers.checkpoints.loading import load_blsp_emo
+from trainers.training.base import save_run_record
 
 if TYPE_CHECKING:
     from trl import DPOConfig
@@ -96,4 +97,5 @@ def train_preference(arguments: PreferenceArguments, training: "DPOConfig") -> "
     trainer.train(resume_from_checkpoint=training.resume_from_checkpoint)
     if trainer.is_world_process_zero():
         save_checkpoint(trainer.accelerator.unwrap_model(trainer.model), processor, training.output_dir)
+        save_run_record(trainer, training.output_dir)
     return trainer

@@ -9,6 +9,7 @@ from processing.collators import SpeechContinuationCollator
 from processing.target_generation import load_targets
 from trainers.checkpoints.builder import save_checkpoint
 from trainers.checkpoints.loading import load_blsp_emo
+from trainers.training.base import save_run_record
 from trainers.training.semantic_alignment import SemanticAlignmentTrainer
 
 
@@ -37,4 +38,5 @@ def train_semantic(arguments: SemanticAlignmentArguments, training: TrainingArgu
     trainer.train(resume_from_checkpoint=training.resume_from_checkpoint)
     if trainer.is_world_process_zero():
         save_checkpoint(trainer.accelerator.unwrap_model(trainer.model), processor, training.output_dir)
+        save_run_record(trainer, training.output_dir)
     return trainer

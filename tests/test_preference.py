@@ -213,6 +213,22 @@ def test_the_reference_gets_no_gradient_and_stays_the_stage2_model(processor, pa
     assert all(parameter.equal(before[name]) for name, parameter in reference.named_parameters())
 
 
+@pytest.mark.parametrize(
+    "pooling, train_adapter, kept",
+    [("encoder_stats", True, True), ("adapter_mean", True, False), ("adapter_mean", False, True)],
+)
+def test_a_fitted_emotion_temperature_is_reset_only_when_the_heads_scores_can_change(
+    processor, pairs, tmp_path, pooling, train_adapter, kept
+):
+    policy = tiny_model(emotion_pooling=pooling)
+    policy.add_audio_lora(rank=4, dropout=0.0)
+    policy.config.emotion_temperature = 1.3
+    reference = frozen_reference(policy)
+    prepare_for_preference(policy, train_adapter=train_adapter)
+    trainer_for(policy, reference, pairs, processor, tmp_path)
+    assert policy.config.emotion_temperature == (1.3 if kept else 1.0)
+
+
 def test_the_clips_audio_reaches_both_halves_of_its_pair(processor, pairs, tmp_path):
     policy, reference = policy_and_reference()
     trainer = trainer_for(policy, reference, pairs, processor, tmp_path)

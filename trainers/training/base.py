@@ -49,6 +49,16 @@ def forget_emotion_calibration(model: torch.nn.Module) -> None:
         config.emotion_temperature = 1.0
 
 
+def emotion_scores_train(model: torch.nn.Module) -> bool:
+    """Whether training `model`, with its parameters' `requires_grad` as they stand, changes the emotion
+    head's scores: the head trains, or what it pools does (the Whisper encoder; the adapter too under
+    `emotion_pooling="adapter_mean"`)."""
+    prefixes = ["emotion_head.", "model.audio_encoder."]
+    if getattr(model.config, "emotion_pooling", "adapter_mean") == "adapter_mean":
+        prefixes.append("model.adapter.")
+    return any(parameter.requires_grad for name, parameter in model.named_parameters() if name.startswith(tuple(prefixes)))
+
+
 class AlignmentTrainer(Trainer):
     """A `Trainer` that logs named metrics recorded in `compute_loss` (averaged over the logging
     interval) and whose checkpoints hold only the weights being trained (plus the config), not the

@@ -35,7 +35,7 @@ from modeling_blsp_emo.prompts import EMOTION_CONTINUATION_INSTRUCTION, NEUTRAL_
 from processing.collators import IGNORE_INDEX, SpeechContinuationCollator, concatenate
 from processing.errors import UserInputError
 from processing.preference_pairs import PAIR_FIELDS
-from trainers.training.base import forget_emotion_calibration, load_trained_weights, save_trained_part
+from trainers.training.base import emotion_scores_train, forget_emotion_calibration, load_trained_weights, save_trained_part
 
 logger = logging.getLogger(__name__)
 # Collated inputs of the emotion-head pass only: the fused LM forward must not receive them.
@@ -125,8 +125,9 @@ class SpeechPreferenceTrainer(DPOTrainer):
     (`frozen_reference`), or None with `args.precompute_ref_log_probs=True`. The loss is trl's
     (`args.loss_type`, default sigmoid DPO with `args.beta`) plus `emotion_weight` times the emotion
     head's cross-entropy on the clips. `args.max_length` is not applied: cutting a sequence could
-    cut its speech. Checkpoints during training hold the trained weights only, and a fitted emotion
-    temperature is reset to 1.0 (`forget_emotion_calibration`), as in stages 1 and 2.
+    cut its speech. Checkpoints during training hold the trained weights only. A fitted emotion
+    temperature is reset to 1.0 (`forget_emotion_calibration`) when the head's scores can change
+    (`emotion_scores_train`: not with the encoder and head frozen under `"encoder_stats"` pooling).
     """
 
     def __init__(
@@ -164,7 +165,8 @@ class SpeechPreferenceTrainer(DPOTrainer):
             train_dataset=as_dataset(train_dataset), eval_dataset=None if eval_dataset is None else as_dataset(eval_dataset),
             processing_class=processor, **kwargs,
         )
-        forget_emotion_calibration(self.model)
+        if emotion_scores_train(self.model):
+            forget_emotion_calibration(self.model)
 
     # Private trl hook, on purpose: it is where trl turns text into token ids (see the module docstring).
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name: str):

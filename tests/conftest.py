@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+from transformers import TrainerCallback
 
 from modeling_blsp_emo import BlspEmoProcessor
 
@@ -33,3 +34,13 @@ def saved_checkpoint(tmp_path_factory):
     model.save_pretrained(directory)
     BlspEmoProcessor(tiny_feature_extractor(), tiny_tokenizer()).save_pretrained(directory)
     return directory
+
+
+class StopAfterStep(TrainerCallback):
+    """Ends training after a given step, as a kill right after a checkpoint would."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        control.should_training_stop = state.global_step >= self.step

@@ -20,7 +20,7 @@ from trainers.cli.main import main
 from trainers.hub.card import render_model_card
 from trainers.training.losses import mean_response_log_probs, predicting_positions
 
-from conftest import noise
+from conftest import StopAfterStep, noise
 from tiny_models import tiny_model
 
 trl = pytest.importorskip("trl")
@@ -227,6 +227,34 @@ def test_a_fitted_emotion_temperature_is_reset_only_when_the_heads_scores_can_ch
     prepare_for_preference(policy, train_adapter=train_adapter)
     trainer_for(policy, reference, pairs, processor, tmp_path)
     assert policy.config.emotion_temperature == (1.3 if kept else 1.0)
+
+
+def test_resuming_from_a_checkpoint_reproduces_straight_training(processor, pairs, tmp_path):
+    def trained_weights(trainer) -> dict[str, torch.Tensor]:
+        return {name: parameter for name, parameter in trainer.model.named_parameters() if parameter.requires_grad}
+
+    def run(folder: str, policy=None):
+        policy = policy if policy is not None else stage2_model()
+        reference = frozen_reference(stage2_model())
+        prepare_for_preference(policy)
+        return trainer_for(policy, reference, pairs, processor, tmp_path / folder, max_steps=4, save_strategy="steps", save_steps=2)
+
+    straight = run("a")
+    straight.train()
+    interrupted = run("b")
+    interrupted.add_callback(StopAfterStep(2))
+    interrupted.train()
+    scrambled = stage2_model()  # the checkpoint must restore the adapter and LoRA
+    with torch.no_grad():
+        for name, parameter in scrambled.named_parameters():
+            if "adapter" in name or "lora_" in name:
+                parameter.normal_()
+    resumed = run("b", scrambled)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "b" / "run" / "checkpoint-2"))
+    expected, actual = trained_weights(straight), trained_weights(resumed)
+    assert expected.keys() == actual.keys() and any("lora_B" in name for name in expected)
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], msg=name)
 
 
 def test_the_clips_audio_reaches_both_halves_of_its_pair(processor, pairs, tmp_path):

@@ -5,7 +5,7 @@ import json
 import pytest
 import soundfile
 import torch
-from transformers import TrainerCallback, TrainingArguments
+from transformers import TrainingArguments
 
 from modeling_blsp_emo.prompts import SEMANTIC_TARGET_INSTRUCTION
 from processing.cleaning import RefusalFilter
@@ -16,7 +16,7 @@ from trainers.training.base import TRAINED_WEIGHTS_NAME
 from trainers.training.losses import distillation_kl, predicting_positions
 from trainers.training.semantic_alignment import SemanticAlignmentTrainer
 
-from conftest import noise
+from conftest import StopAfterStep, noise
 from tiny_models import tiny_model
 
 TEXTS = ["hello world", "the quick brown fox", "i am fine", "the lazy dog", "good day today", "sad day", "hello the dog"]
@@ -169,16 +169,6 @@ def test_training_logs_kl_and_agreement_and_checkpoints_only_the_adapter(targets
 
     saved = load_file(tmp_path / "run" / "checkpoint-2" / TRAINED_WEIGHTS_NAME)
     assert saved and all(name.startswith("model.adapter.") for name in saved)
-
-
-class StopAfterStep(TrainerCallback):
-    """Ends training after a given step, as a kill right after a checkpoint would."""
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        control.should_training_stop = state.global_step >= self.step
 
 
 def test_resuming_from_a_checkpoint_reproduces_straight_training(targets, processor, tmp_path):

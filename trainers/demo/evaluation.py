@@ -175,7 +175,7 @@ print(json.dumps({"rows": rows, "loaded_from": type(pipe.model).__module__}))
 """
 
 
-def pipeline_examples(root: Path, rows: list[dict], checkpoint: str = MODELS["stage2"]) -> dict:
+def pipeline_examples(root: Path, rows: list[dict], checkpoint: str) -> dict:
     """One held-out clip per emotion through `pipeline(..., trust_remote_code=True)` on the checkpoint
     folder `root / checkpoint`, in a process that never imported this package; written (with the
     folder's name) to `pipeline_examples.json`."""

@@ -9,13 +9,13 @@ from typing import Literal
 import safetensors.torch
 import torch
 from transformers import PreTrainedModel, Trainer
+from transformers.trainer import TRAINER_STATE_NAME
 
 logger = logging.getLogger(__name__)
 
 TRAINED_WEIGHTS_NAME = "trained_weights.safetensors"
-# The run's log and arguments, beside each checkpoint: what `blsp-emo push` reads for the model card.
-# JSON rather than Trainer's pickled training_args.bin, which a reader must unpickle.
-TRAINER_STATE_NAME = "trainer_state.json"
+# The run's arguments beside each checkpoint (with Trainer's TRAINER_STATE_NAME log), read by `blsp-emo
+# push` for the model card: JSON rather than Trainer's pickled training_args.bin, which a reader must unpickle.
 TRAINING_ARGUMENTS_NAME = "training_args.json"
 # Positions per logits chunk when `logits_chunk_size="auto"`. Under activation checkpointing (memory
 # first) 128: ~80 MB per float32 logits tensor at a 152k vocabulary. Otherwise as many as fit in

@@ -280,6 +280,17 @@ def test_a_stage3_run_is_named_with_its_dpo_settings_and_rewards(checkpoint, tmp
     assert "| rewards/accuracies | 0.875 |" in text and "| rewards/margins | 1.21 |" in text
 
 
+@pytest.mark.parametrize("name", ["trainer_state.json", "training_args.json"])
+def test_a_damaged_training_record_is_named(checkpoint, tmp_path, name):
+    run = tmp_path / "stage1"
+    run.mkdir()
+    (run / "trainer_state.json").write_text(json.dumps({"global_step": 2, "log_history": [{"kl": 0.5}]}))
+    (run / "training_args.json").write_text(json.dumps({"learning_rate": 1e-3}))
+    (run / name).write_text('{"truncated": ')
+    with pytest.raises(HubPublishError, match=f"{name}: not valid JSON"):
+        render_model_card(checkpoint, "alice/x", training_dirs=[run])
+
+
 @pytest.mark.parametrize(
     "metrics, message",
     [

@@ -350,6 +350,17 @@ def test_a_checkpoint_without_audio_lora_gets_a_fresh_one_that_trains_and_reload
     assert "lora_rank" in capsys.readouterr().err
 
 
+def test_resuming_with_other_options_or_from_nowhere_is_one_line(processor, clips, tmp_path, capsys):
+    command = preference_command(tiny_model(), processor, clips, tmp_path, "--save_steps", "1", "--lora_rank", "4")
+    assert main(command) == 0
+    resume = [*command, "--max_steps", "3", "--resume_from_checkpoint"]
+    assert main([*resume, str(tmp_path / "stage3" / "checkpoint-2"), "--lora_rank", "8"]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "lora_A.weight is [4, 64] in the checkpoint but [8, 64] in the model" in error and "same LoRA rank" in error
+    assert main([*resume, str(tmp_path / "nowhere")]) == 2
+    assert "nowhere: no trained_weights.safetensors" in capsys.readouterr().err
+
+
 def test_checkpoints_and_the_training_package_load_without_trl():
     code = (
         "import sys, modeling_blsp_emo, trainers, trainers.training, trainers.cli.main\n"

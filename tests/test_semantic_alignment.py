@@ -10,9 +10,10 @@ from transformers import TrainingArguments
 from modeling_blsp_emo.prompts import SEMANTIC_TARGET_INSTRUCTION
 from processing.cleaning import RefusalFilter
 from processing.collators import IGNORE_INDEX, SpeechContinuationCollator
+from processing.errors import UserInputError
 from processing.manifests import load_speech_dataset, read_manifest
 from processing.target_generation import generate_targets, load_targets, shard_path
-from trainers.training.base import TRAINED_WEIGHTS_NAME
+from trainers.training.base import TRAINED_WEIGHTS_NAME, load_trained_weights, save_trained_weights
 from trainers.training.losses import distillation_kl, predicting_positions
 from trainers.training.semantic_alignment import SemanticAlignmentTrainer
 
@@ -169,6 +170,15 @@ def test_training_logs_kl_and_agreement_and_checkpoints_only_the_adapter(targets
 
     saved = load_file(tmp_path / "run" / "checkpoint-2" / TRAINED_WEIGHTS_NAME)
     assert saved and all(name.startswith("model.adapter.") for name in saved)
+
+
+def test_a_damaged_trainer_checkpoint_is_named(tmp_path):
+    model = tiny_model()
+    save_trained_weights(model, str(tmp_path))
+    weights = tmp_path / TRAINED_WEIGHTS_NAME
+    weights.write_bytes(weights.read_bytes()[:-100])  # cut off, as by a kill while writing
+    with pytest.raises(UserInputError, match=f"{TRAINED_WEIGHTS_NAME}: cannot read the trained weights"):
+        load_trained_weights(model, str(tmp_path))
 
 
 def test_resuming_from_a_checkpoint_reproduces_straight_training(targets, processor, tmp_path):

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from trainers.hub.errors import HubPublishError
+
 logger = logging.getLogger(__name__)
 
 TRAINER_STATE_FILE = "trainer_state.json"
@@ -49,10 +51,18 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
+def _read_json(path: Path) -> dict:
+    """A training record written as JSON; a damaged one stops the card with its path named."""
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise HubPublishError(f"{path}: not valid JSON ({error}); repair or delete it, or pass other --training-dir folders") from None
+
+
 def _load_training_arguments(folder: Path) -> dict | None:
     json_path, bin_path = folder / "training_args.json", folder / "training_args.bin"
     if json_path.is_file():
-        return json.loads(json_path.read_text())
+        return _read_json(json_path)
     if not bin_path.is_file():
         return None
     import torch
@@ -81,7 +91,7 @@ def read_training_run(directory: str | Path) -> TrainingRun | None:
     folder = next((c for c in candidates if (c / TRAINER_STATE_FILE).is_file()), None)
     if folder is None:
         return None
-    state = json.loads((folder / TRAINER_STATE_FILE).read_text())
+    state = _read_json(folder / TRAINER_STATE_FILE)
     history = state.get("log_history", [])
     logged = {key for entry in history for key in entry}
     stage = next((name for key, name in STAGE_BY_LOGGED_KEY.items() if key in logged), "Training")

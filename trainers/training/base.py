@@ -11,6 +11,8 @@ import torch
 from transformers import PreTrainedModel, Trainer
 from transformers.trainer import TRAINER_STATE_NAME
 
+from processing.errors import UserInputError
+
 logger = logging.getLogger(__name__)
 
 TRAINED_WEIGHTS_NAME = "trained_weights.safetensors"
@@ -167,9 +169,21 @@ def load_trained_weights(model: torch.nn.Module, directory: str) -> None:
     """Load weights written by `save_trained_weights` into a model of the same structure."""
     path = os.path.join(directory, TRAINED_WEIGHTS_NAME)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{directory}: no {TRAINED_WEIGHTS_NAME} (not a checkpoint of this trainer)")
-    tensors = safetensors.torch.load_file(path)
-    unexpected = set(tensors) - set(model.state_dict())
+        raise UserInputError(f"no {TRAINED_WEIGHTS_NAME} (not a checkpoint of this trainer)", path=directory)
+    try:
+        tensors = safetensors.torch.load_file(path)
+    except Exception as error:  # safetensors raises its own error types, by version
+        raise UserInputError(f"cannot read the trained weights: {error} (half written or corrupt?)", path=path) from error
+    expected = model.state_dict()
+    unexpected = sorted(set(tensors) - set(expected))
     if unexpected:
-        raise ValueError(f"{path}: weights {sorted(unexpected)[:3]} do not exist in the model")
+        raise UserInputError(f"weights {unexpected[:3]} do not exist in the model", path=path)
+    mismatched = [name for name, tensor in tensors.items() if tensor.shape != expected[name].shape]
+    if mismatched:
+        name = mismatched[0]
+        raise UserInputError(
+            f"{name} is {list(tensors[name].shape)} in the checkpoint but {list(expected[name].shape)} in the model "
+            f"({len(mismatched)} such weights): resume with the options it was trained with (e.g. the same LoRA rank)",
+            path=path,
+        )
     model.load_state_dict(tensors, strict=False)

@@ -361,6 +361,16 @@ def test_resuming_with_other_options_or_from_nowhere_is_one_line(processor, clip
     assert "nowhere: no trained_weights.safetensors" in capsys.readouterr().err
 
 
+def test_a_checkpoint_with_nan_weights_is_refused_before_training(processor, clips, tmp_path, capsys):
+    stage2 = stage2_model()
+    with torch.no_grad():
+        stage2.model.adapter.layer_norm.weight[0] = float("nan")
+    assert main(preference_command(stage2, processor, clips, tmp_path)) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "stage2: weight model.adapter.layer_norm.weight holds NaN or infinite values" in error
+    assert not (tmp_path / "stage3" / "config.json").exists()  # nothing trained or saved
+
+
 def test_checkpoints_and_the_training_package_load_without_trl():
     code = (
         "import sys, modeling_blsp_emo, trainers, trainers.training, trainers.cli.main\n"

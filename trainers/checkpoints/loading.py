@@ -67,6 +67,14 @@ def load_blsp_emo(
     return model, BlspEmoProcessor.from_pretrained(path)
 
 
+def require_finite_weights(model: torch.nn.Module, path: str) -> None:
+    """Refuse weights holding NaN or infinity (a corrupt or diverged checkpoint) before training from
+    them: the loss would be NaN from the first step, and Trainer's logging filters NaN losses out."""
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise UserInputError(f"weight {name} holds NaN or infinite values (a corrupt or diverged checkpoint?)", path=path)
+
+
 def unreadable_weight_file(path: str) -> tuple[Path, str] | None:
     """The first safetensors file of a local checkpoint that cannot be opened, or whose header
     promises more data than the file holds, with the reason; None when all look whole."""

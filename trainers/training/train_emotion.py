@@ -10,7 +10,7 @@ from processing.collators import SpeechContinuationCollator
 from processing.errors import UserInputError
 from processing.target_generation import load_targets
 from trainers.checkpoints.builder import save_checkpoint
-from trainers.checkpoints.loading import load_blsp_emo
+from trainers.checkpoints.loading import load_blsp_emo, require_finite_weights
 from trainers.training.base import save_run_record, save_trained_weights
 from trainers.training.emotion_alignment import EmotionAlignmentTrainer, LoraSettings, finalize, prepare_for_emotion_alignment
 from trainers.training.head_warm_start import warm_start_emotion_head
@@ -59,6 +59,7 @@ class EmotionAlignmentArguments:
 def train_emotion(arguments: EmotionAlignmentArguments, training: TrainingArguments) -> EmotionAlignmentTrainer:
     """Run stage 2 and save a full checkpoint (LoRA merged when global) in `training.output_dir`."""
     model, processor = load_blsp_emo(arguments.model, arguments.dtype)
+    require_finite_weights(model, arguments.model)
     if arguments.labels:
         model.set_emotion_labels(arguments.labels.split(","))
     checks = dict(required=("audio", "emotion"), check_audio=arguments.check_audio, skip_bad_audio=arguments.skip_bad_audio)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from processing.errors import UserInputError
 from processing.preference_pairs import load_preference_pairs
 from trainers.checkpoints.builder import save_checkpoint
-from trainers.checkpoints.loading import load_blsp_emo
+from trainers.checkpoints.loading import load_blsp_emo, require_finite_weights
 from trainers.training.base import save_run_record
 
 if TYPE_CHECKING:
@@ -71,6 +71,7 @@ def train_preference(arguments: PreferenceArguments, training: "DPOConfig") -> "
     if arguments.lora_rank < 0:
         raise UserInputError(f"must be 0 (no LoRA) or a positive rank, got {arguments.lora_rank}", field="lora_rank")
     model, processor = load_blsp_emo(arguments.model, arguments.dtype)
+    require_finite_weights(model, arguments.model)
     pairs = load_preference_pairs(
         arguments.manifest, arguments.targets, rejected_per_clip=arguments.rejected_per_clip, seed=training.seed,
         check_audio=arguments.check_audio, skip_bad_audio=arguments.skip_bad_audio,

@@ -8,7 +8,7 @@ from modeling_blsp_emo.prompts import SEMANTIC_TARGET_INSTRUCTION
 from processing.collators import SpeechContinuationCollator
 from processing.target_generation import load_targets
 from trainers.checkpoints.builder import save_checkpoint
-from trainers.checkpoints.loading import load_blsp_emo
+from trainers.checkpoints.loading import load_blsp_emo, require_finite_weights
 from trainers.training.base import save_run_record
 from trainers.training.semantic_alignment import SemanticAlignmentTrainer
 
@@ -26,6 +26,7 @@ class SemanticAlignmentArguments:
 def train_semantic(arguments: SemanticAlignmentArguments, training: TrainingArguments) -> SemanticAlignmentTrainer:
     """Run stage 1 and save a full checkpoint (remote code, processor) in `training.output_dir`."""
     model, processor = load_blsp_emo(arguments.model, arguments.dtype)
+    require_finite_weights(model, arguments.model)
     collator = SpeechContinuationCollator(processor, SEMANTIC_TARGET_INSTRUCTION, with_teacher=True)
     checks = dict(required=("audio",), check_audio=arguments.check_audio, skip_bad_audio=arguments.skip_bad_audio)
     trainer = SemanticAlignmentTrainer(
